@@ -32,7 +32,9 @@ def read_imageset(root: image_io.PathLike, imageset: str) -> list[str]:
     """
     parts = imageset.strip("/").split("/")
     if len(parts) != 2 or not all(parts):
-        raise image_io.DataError(f"imageset {imageset!r}: expected '<year>/<split>', e.g. '2017/val'")
+        raise image_io.DataError(
+            f"imageset {imageset!r}: expected '<year>/<split>', e.g. '2017/val'"
+        )
     path = pathlib.Path(root) / "ImageSets" / parts[0] / f"{parts[1]}.txt"
     if not path.is_file():
         raise image_io.DataError(f"{path}: split file not found (imageset {imageset!r})")
@@ -46,7 +48,11 @@ def _list_files(folder: pathlib.Path, extensions: tuple[str, ...], what: str) ->
     if not folder.is_dir():
         raise image_io.DataError(f"{folder}: {what} folder not found")
     files = sorted(
-        (p for p in folder.iterdir() if p.suffix.lower() in extensions and not p.name.startswith(".")),
+        (
+            p
+            for p in folder.iterdir()
+            if p.suffix.lower() in extensions and not p.name.startswith(".")
+        ),
         key=lambda p: p.name,
     )
     if not files:
@@ -116,6 +122,8 @@ def load_davis(
     if sequences:
         unknown = [s for s in sequences if s not in names]
         if unknown:
-            raise image_io.DataError(f"sequences {unknown} are not in imageset {imageset!r} of {root}")
+            raise image_io.DataError(
+                f"sequences {unknown} are not in imageset {imageset!r} of {root}"
+            )
         names = [s for s in names if s in sequences]
     return [load_sequence(root, name, resolution) for name in names]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import pathlib
 from collections.abc import Callable, Mapping, Sequence
 
@@ -25,6 +26,10 @@ class VideoSequence:
       output_frames: indices of the frames that need a prediction (all for DAVIS, the listed
         ones for YouTube-VOS).
       source: where the sequence was read from, for error messages.
+      object_starts: object id -> index of the frame whose annotation introduces it, when the
+        dataset declares it (YouTube-VOS meta.json: objects may appear after frame 0). None
+        (DAVIS, a user's video) means every object is given in the first frame's mask;
+        `start_frames` then reads them from that mask, lazily, on first use.
     """
 
     name: str
@@ -34,6 +39,7 @@ class VideoSequence:
     mask_paths: Mapping[int, pathlib.Path] = dataclasses.field(repr=False)
     output_frames: tuple[int, ...] = dataclasses.field(repr=False)
     source: str = ""
+    object_starts: Mapping[int, int] | None = dataclasses.field(default=None, repr=False)
 
     def __len__(self) -> int:
         return len(self.frame_names)
@@ -71,6 +77,23 @@ class VideoSequence:
     def annotated_frames(self) -> tuple[int, ...]:
         return tuple(sorted(self.mask_paths))
 
+    @functools.cached_property
+    def start_frames(self) -> dict[int, int]:
+        """Object id -> index of the frame whose annotation gives that object.
+
+        `object_starts` when the reader set it; otherwise every id (not 0, not void 255) of the
+        first frame's mask, starting at frame 0. Computed once, on first use: only the frame-0
+        mask is read (the later masks of DAVIS are ground truth, not inputs).
+        """
+        if self.object_starts is not None:
+            return dict(sorted(self.object_starts.items()))
+        ids = np.unique(self.read_mask(0))
+        return {int(i): 0 for i in ids if i not in (0, image_io.VOID)}
+
+    def objects_starting_at(self, index: int) -> tuple[int, ...]:
+        """Ids of the objects whose given annotation is the mask of frame `index`."""
+        return tuple(i for i, start in self.start_frames.items() if start == index)
+
 
 def frame_folder_sequence(
     name: str,
@@ -78,6 +101,7 @@ def frame_folder_sequence(
     mask_paths: Mapping[int, pathlib.Path],
     output_frames: Sequence[int] | None = None,
     source: str = "",
+    object_starts: Mapping[int, int] | None = None,
 ) -> VideoSequence:
     """A sequence whose frames are image files.
 
@@ -95,4 +119,5 @@ def frame_folder_sequence(
         mask_paths=dict(mask_paths),
         output_frames=tuple(range(len(frame_paths)) if output_frames is None else output_frames),
         source=source or str(frame_paths[0].parent),
+        object_starts=None if object_starts is None else dict(object_starts),
     )
