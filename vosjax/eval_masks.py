@@ -28,6 +28,9 @@ _RESULTS = flags.DEFINE_string("results", None, "Folder of predictions <seq>/<fr
 _IMAGESET = flags.DEFINE_string("imageset", "2017/val", "Split '<year>/<split>' to evaluate.")
 _SEQUENCES = flags.DEFINE_list("sequences", None, "Evaluate only these sequences of the split.")
 _RESOLUTION = flags.DEFINE_string("resolution", "480p", "Annotation resolution folder.")
+_OUTPUT_DIR = flags.DEFINE_string(
+    "output_dir", None, "Where the CSVs and results.json go; default: the --results folder."
+)
 _NUM_WORKERS = flags.DEFINE_integer(
     "num_workers", 0, "Worker processes; 0 = one per available CPU (at most 8), 1 = no pool."
 )
@@ -40,8 +43,9 @@ def run(
     sequences: Sequence[str] | None = None,
     resolution: str = "480p",
     num_workers: int | None = None,
+    output_dir: image_io.PathLike | None = None,
 ) -> tuple[dict, list[pathlib.Path]]:
-    """Evaluates `results_dir` and writes the CSVs and results.json into it.
+    """Evaluates `results_dir` and writes the CSVs and results.json into `output_dir`.
 
     Args:
       davis_root: DAVIS root folder.
@@ -50,6 +54,7 @@ def run(
       sequences: a subset of the split, or None.
       resolution: annotation resolution folder.
       num_workers: worker processes (None = available CPUs, 1 = in-process).
+      output_dir: where the outputs go (created); None = `results_dir`.
 
     Returns:
       (results in the golden.json schema, paths written).
@@ -61,7 +66,9 @@ def run(
         davis_root, results_dir, imageset, sequences, resolution, num_workers
     )
     split = imageset.strip("/").split("/")[-1]
-    return results, report.write_all(results, results_dir, split=split)
+    output_dir = pathlib.Path(output_dir if output_dir is not None else results_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    return results, report.write_all(results, output_dir, split=split)
 
 
 def main(argv: Sequence[str]) -> None:
@@ -76,6 +83,7 @@ def main(argv: Sequence[str]) -> None:
             _SEQUENCES.value,
             _RESOLUTION.value,
             _NUM_WORKERS.value or None,
+            _OUTPUT_DIR.value,
         )
     except image_io.DataError as e:
         print(f"eval_masks: {e}", file=sys.stderr)

@@ -104,6 +104,23 @@ def test_sequences_subset_and_first_last_frames_not_needed(layout):
     assert [p.parent for p in paths] == [results] * 3
 
 
+def test_output_dir_leaves_results_untouched(layout, tmp_path):
+    root, results, golden = layout
+    before = sorted(p.name for p in results.iterdir())
+    output, paths = eval_masks.run(root, results, num_workers=1, output_dir=tmp_path / "scores")
+    assert sorted(p.name for p in results.iterdir()) == before
+    assert sorted(p.name for p in paths) == [
+        "global_results-val.csv",
+        "per-sequence_results-val.csv",
+        "results.json",
+    ]
+    assert all(p.parent == tmp_path / "scores" for p in paths)
+    for name, scores in _golden_objects(golden).items():
+        assert output["per_object"][name]["J-Mean"] == pytest.approx(scores["J-Mean"], abs=1e-6)
+    written = json.loads((tmp_path / "scores" / "results.json").read_text())
+    assert written["per_object"]["judo_1"] == output["per_object"]["judo_1"]
+
+
 def _run(root, results):
     return eval_masks.run(root, results, num_workers=1)
 
