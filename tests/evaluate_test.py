@@ -1,0 +1,133 @@
+"""End-to-end: `vosjax.evaluate` segments, writes PNGs, scores and summarises."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from configs.propagation import lab_pixels
+from vosjax import evaluate
+from vosjax.data import image_io, user_video
+from vosjax.metrics import davis_protocol
+from vosjax.ops import propagation
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _static_davis(root: pathlib.Path, num_frames: int = 6) -> np.ndarray:
+    """A DAVIS-2017 layout with one sequence whose frames never change; returns its mask."""
+    rng = np.random.default_rng(0)
+    frame = rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    mask = np.zeros((48, 64), np.uint8)
+    mask[8:24, 8:32] = 1  # whole 8x8 cells, so the stride-8 grid represents them exactly.
+    mask[32:48, 40:64] = 2
+    for t in range(num_frames):
+        path = root / "JPEGImages" / "480p" / "still" / f"{t:05d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(frame).save(path)
+        image_io.write_mask(root / "Annotations" / "480p" / "still" / f"{t:05d}.png", mask)
+    (root / "ImageSets" / "2017").mkdir(parents=True)
+    (root / "ImageSets" / "2017" / "val.txt").write_text("still\n")
+    return mask
+
+
+@pytest.mark.parametrize("preset", ["dino", "crw", "ino"])
+def test_static_video_keeps_the_first_mask(tmp_path, preset):
+    mask = _static_davis(tmp_path / "davis")
+    config = lab_pixels.get_config(preset)
+    config.data.davis_root = str(tmp_path / "davis")
+    results = evaluate.run(config, str(tmp_path / "work"))
+    # Every frame is the first mask taken to the feature grid and back (bilinear upsampling
+    # rounds the corners of the squares: that is the protocol, not an error).
+    propagator = propagation.VideoPropagator(propagation.from_config_dict(config.propagation), 3)
+    expected = propagator.to_mask(propagator.labels_from_mask(mask, (6, 8)), mask.shape)
+    assert (expected != mask).sum() > 0
+    for t in range(6):
+        written = image_io.read_mask(tmp_path / "work" / "results" / "still" / f"{t:05d}.png")
+        np.testing.assert_array_equal(written, expected)
+    scores = davis_protocol.evaluate_sequence(np.stack([mask] * 6), np.stack([expected] * 6))
+    expected_results = davis_protocol.summarize({f"still_{k}": v for k, v in scores.items()})
+    assert results == expected_results
+    assert 0.9 < results["J&F-Mean"] < 1.0
+    saved = json.loads((tmp_path / "work" / "results" / "results.json").read_text())
+    assert saved["J-Mean"] == pytest.approx(results["J-Mean"], abs=1e-12)
+    csv = (tmp_path / "work" / "results" / "global_results-val.csv").read_text()
+    assert csv.splitlines()[0].startswith("J&F-Mean,J-Mean,J-Recall")
+    assert list((tmp_path / "work" / "eval").glob("events.out.tfevents.*"))
+
+
+def test_user_video_in_motion(tmp_path):
+    """A textured square moving right by one feature cell a frame is tracked."""
+    rng = np.random.default_rng(1)
+    background = rng.integers(0, 256, (64, 160, 3), dtype=np.uint8)
+    square = rng.integers(0, 256, (24, 24, 3), dtype=np.uint8)
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    masks = []
+    for t in range(8):
+        frame = background.copy()
+        mask = np.zeros((64, 160), np.uint8)
+        frame[16:40, 16 + 8 * t : 40 + 8 * t] = square
+        mask[16:40, 16 + 8 * t : 40 + 8 * t] = 1
+        Image.fromarray(frame).save(folder / f"frame_{t}.png")
+        masks.append(mask)
+    image_io.write_mask(tmp_path / "first.png", masks[0])
+    video = user_video.load_user_video(folder, tmp_path / "first.png")
+    config = lab_pixels.get_config("dino")
+    segmenter = evaluate.PropagationSegmenter(
+        evaluate.build_extractor(config), propagation.from_config_dict(config.propagation)
+    )
+    predicted = list(segmenter.segment(video))
+    assert len(predicted) == 8
+    for t in (3, 7):
+        overlap = (
+            np.logical_and(predicted[t], masks[t]).sum()
+            / np.logical_or(predicted[t], masks[t]).sum()
+        )
+        assert overlap > 0.9, (t, overlap)
+
+
+def test_smoke_command_on_synthetic_default(tmp_path):
+    """The README's main job, shrunk: no data path, so the synthetic default is generated."""
+    env = dict(os.environ, VOSJAX_DATA_DIR=str(tmp_path / "cache"))
+    process = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "vosjax.evaluate",
+            "--config=configs/propagation/lab_pixels.py:smoke",
+            f"--workdir={tmp_path / 'work'}",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=env,
+        timeout=300,
+    )
+    assert process.returncode == 0, process.stderr[-3000:]
+    results = json.loads((tmp_path / "work" / "results" / "results.json").read_text())
+    # The synthetic objects move and deform: propagation is good but not perfect.
+    assert 0.3 < results["J&F-Mean"] < 1.0
+    sequences = sorted(p.name for p in (tmp_path / "work" / "results").iterdir() if p.is_dir())
+    assert len(sequences) == 2
+    assert len(list((tmp_path / "work" / "results" / sequences[0]).glob("*.png"))) == 6
+    assert "J&F-Mean" in process.stdout
+    assert list((tmp_path / "cache").rglob("vosjax_synthetic.json"))
+
+
+def test_bad_config_fields_are_named(tmp_path):
+    config = lab_pixels.get_config("smoke")
+    config.features.name = "sift"
+    with pytest.raises(ValueError, match="config.features.name"):
+        evaluate.build_extractor(config)
+    config = lab_pixels.get_config("smoke")
+    config.data.davis_root = str(tmp_path / "nowhere")
+    with pytest.raises(image_io.DataError, match="nowhere"):
+        evaluate.load_sequences(config.data)
+    with pytest.raises(ValueError, match="expected 'smoke' or a preset"):
+        lab_pixels.get_config("fast")

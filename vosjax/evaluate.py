@@ -1,0 +1,236 @@
+"""Semi-supervised VOS evaluation: segment every sequence, write PNGs, score them, summarise.
+
+  python -m vosjax.evaluate --config=configs/propagation/lab_pixels.py --workdir=W \
+      [--config.data.davis_root=ROOT --config.data.imageset=2016/val]
+
+Writes `W/results/<seq>/<frame>.png`, the official CSVs and `results.json` in `W/results`, and
+clu summaries (TensorBoard) in `W/eval`. A segmenter is anything with
+`segment(sequence) -> iterator of uint8 [H, W] masks, one per frame`: label propagation over any
+feature extractor (here), or a method's own decoder (later issues) plug into the same loop.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from typing import Protocol
+
+import jax
+import ml_collections
+import numpy as np
+import tqdm
+from absl import app, flags, logging
+from clu import metric_writers
+from ml_collections import config_flags
+
+from vosjax.data import davis, image_io, results_writer, youtube_vos
+from vosjax.data import sequence as sequence_lib
+from vosjax.data.synthetic import export as synthetic_export
+from vosjax.metrics import davis_protocol, report
+from vosjax.models import pixel_features
+from vosjax.ops import propagation
+
+
+class Segmenter(Protocol):
+    def segment(self, sequence: sequence_lib.VideoSequence) -> Iterator[np.ndarray]:
+        """Yields one uint8 [H, W] mask of object ids per frame of `sequence`."""
+
+
+class FeatureExtractor(Protocol):
+    def __call__(self, frame: np.ndarray) -> jax.Array:
+        """uint8 [H, W, 3] -> float [h, w, C]."""
+
+
+def given_masks(sequence: sequence_lib.VideoSequence) -> dict[int, np.ndarray]:
+    """The input masks: frame index -> ids [H, W] of the objects that start at that frame.
+
+    DAVIS gives every object in frame 0; YouTube-VOS gives each object on the frame it first
+    appears in. Void (255) and objects that started earlier are set to background.
+    """
+    masks = {}
+    for index in sorted(set(sequence.start_frames.values())):
+        mask = sequence.read_mask(index)
+        starting = np.array(sequence.objects_starting_at(index), np.uint8)
+        masks[index] = np.where(np.isin(mask, starting), mask, 0).astype(np.uint8)
+    return masks
+
+
+class PropagationSegmenter:
+    """Label propagation of the first mask(s) over the features of `extractor`."""
+
+    def __init__(
+        self,
+        extractor: FeatureExtractor,
+        config: propagation.PropagationConfig,
+    ):
+        self.extractor = extractor
+        self.config = config
+
+    def segment(self, sequence: sequence_lib.VideoSequence) -> Iterator[np.ndarray]:
+        inputs = given_masks(sequence)
+        if not sequence.start_frames:
+            logging.warning("%s: the first mask holds no object", sequence.name)
+        num_classes = 1 + max(sequence.start_frames, default=0)
+        first_features = self.extractor(sequence.read_frame(0))
+        propagator = propagation.VideoPropagator(self.config, num_classes=num_classes)
+        grid = first_features.shape[:2]
+        given = {i: propagator.labels_from_mask(m, grid) for i, m in inputs.items()}
+
+        def features() -> Iterator[jax.Array]:
+            yield first_features
+            for t in range(1, len(sequence)):
+                yield self.extractor(sequence.read_frame(t))
+
+        for probs in propagator.run(features(), given=given):
+            yield propagator.to_mask(probs, sequence.image_size)
+
+
+def build_extractor(config: ml_collections.ConfigDict) -> FeatureExtractor:
+    """The feature extractor named by `config.features.name`."""
+    name = config.features.name
+    if name == "lab_pixels":
+        return pixel_features.LabPixelFeatures(config.features.stride, config.features.mode)
+    raise ValueError(f"config.features.name={name!r}; expected 'lab_pixels'")
+
+
+def load_sequences(data: ml_collections.ConfigDict) -> list[sequence_lib.VideoSequence]:
+    """The evaluation videos of `config.data`; the synthetic default when no root is given."""
+    names = [s for s in data.sequences.split(",") if s] or None
+    if data.layout == "youtube_vos":
+        if not data.youtube_vos_root:
+            raise ValueError("config.data.youtube_vos_root is required with layout='youtube_vos'")
+        return youtube_vos.load_youtube_vos(data.youtube_vos_root, data.youtube_vos_split, names)
+    if data.layout != "davis":
+        raise ValueError(f"config.data.layout={data.layout!r}; expected 'davis' or 'youtube_vos'")
+    return davis.load_davis(davis_root(data), data.imageset, data.resolution, names)
+
+
+def davis_root(data: ml_collections.ConfigDict) -> pathlib.Path:
+    """config.data.davis_root, or the synthetic default exported to the DAVIS-2017 layout."""
+    if data.davis_root:
+        return pathlib.Path(data.davis_root)
+    synth = data.synthetic
+    root = synthetic_export.default_davis_root(
+        num_train=0,
+        num_val=synth.num_val,
+        num_frames=synth.num_frames,
+        height=synth.height,
+        width=synth.width,
+        seed=synth.seed,
+        config=synth.level,
+        resolution=data.resolution,
+    )
+    if data.imageset != "2017/val":
+        raise ValueError(
+            f"config.data.imageset={data.imageset!r}: the synthetic default has only '2017/val'; "
+            "set config.data.davis_root to evaluate another split"
+        )
+    logging.info("No config.data.davis_root: evaluating the synthetic default at %s", root)
+    return root
+
+
+def evaluate_sequences(
+    segmenter: Segmenter,
+    sequences: Sequence[sequence_lib.VideoSequence],
+    results_dir: pathlib.Path,
+    *,
+    layout: str = "davis",
+    write_pngs: bool = True,
+    num_overlays: int = 4,
+) -> tuple[dict | None, dict[str, np.ndarray]]:
+    """Segments and scores every sequence.
+
+    Args:
+      segmenter: yields the masks of a sequence.
+      sequences: the videos; those with a ground truth on every output frame are scored.
+      results_dir: PNGs go to `results_dir/<seq>/<frame>.png` (DAVIS layout) or the YouTube-VOS
+        server layout.
+      layout: 'davis' or 'youtube_vos'.
+      write_pngs: write the predicted masks.
+      num_overlays: how many sequences get an overlay image (middle frame) in the summaries.
+
+    Returns:
+      (results in the schema of golden.json, or None when no sequence has a ground truth;
+       overlay images name -> uint8 [H, W, 3]).
+    """
+    writer = results_writer.ResultsWriter(results_dir, layout=layout) if write_pngs else None
+    per_object = {}
+    overlays = {}
+    total = sum(len(s.output_frames) for s in sequences)
+    bar = tqdm.tqdm(total=total, unit="frame", desc="segment", dynamic_ncols=True, file=sys.stdout)
+    start = time.perf_counter()
+    for seq in sequences:
+        bar.set_postfix(seq=seq.name)
+        outputs = set(seq.output_frames)
+        predictions = {}
+        for t, mask in enumerate(segmenter.segment(seq)):
+            if t not in outputs:
+                continue
+            predictions[t] = mask
+            if writer is not None:
+                writer.write(seq, t, mask)
+            bar.update(1)
+        if len(overlays) < num_overlays:
+            middle = seq.output_frames[len(seq.output_frames) // 2]
+            overlays[seq.name] = image_io.overlay(seq.read_frame(middle), predictions[middle])
+        if layout == "davis" and len(seq.annotated_frames) == len(seq):
+            ground_truth = np.stack([seq.read_mask(t) for t in range(len(seq))])
+            pred = np.stack([predictions[t] for t in range(len(seq))])
+            scores = davis_protocol.evaluate_sequence(ground_truth, pred, name=seq.name)
+            per_object.update({f"{seq.name}_{obj}": s for obj, s in scores.items()})
+    bar.close()
+    elapsed = time.perf_counter() - start
+    logging.info("Segmented %d frames in %.1f s (%.1f frames/s)", total, elapsed, total / elapsed)
+    return (davis_protocol.summarize(per_object) if per_object else None), overlays
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict | None:
+    """Evaluates the configured feature extractor with label propagation; returns the results."""
+    workdir = pathlib.Path(workdir)
+    results_dir = workdir / "results"
+    sequences = load_sequences(config.data)
+    segmenter = PropagationSegmenter(
+        build_extractor(config),
+        propagation.from_config_dict(config.propagation),
+    )
+    results, overlays = evaluate_sequences(
+        segmenter,
+        sequences,
+        results_dir,
+        layout=config.data.layout,
+        write_pngs=config.eval.write_pngs,
+        num_overlays=config.eval.num_overlay_sequences,
+    )
+    summary_writer = metric_writers.create_default_writer(
+        str(workdir / "eval"), just_logging=jax.process_index() > 0
+    )
+    if results is not None:
+        report.write_all(results, results_dir)
+        print(report.format_table(results))
+        summary_writer.write_scalars(
+            0, {f"eval/{k}": v for k, v in results.items() if k != "per_object"}
+        )
+    if overlays:
+        summary_writer.write_images(
+            0, {f"eval/overlay/{name}": image[None] for name, image in overlays.items()}
+        )
+    summary_writer.flush()
+    summary_writer.close()
+    return results
+
+
+_CONFIG = config_flags.DEFINE_config_file("config", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Output folder for masks, CSVs and summaries.")
+
+
+def main(argv: Sequence[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    run(_CONFIG.value, _WORKDIR.value)
+
+
+if __name__ == "__main__":
+    flags.mark_flags_as_required(["config", "workdir"])
+    app.run(main)

@@ -1,0 +1,35 @@
+"""Colour-space conversions in jnp."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+
+# sRGB (D65) -> CIE XYZ, then normalised by the D65 white point.
+_RGB_TO_XYZ = jnp.array(
+    [
+        [0.412453, 0.357580, 0.180423],
+        [0.212671, 0.715160, 0.072169],
+        [0.019334, 0.119193, 0.950227],
+    ]
+)
+_D65_WHITE = jnp.array([0.950456, 1.0, 1.088754])
+
+
+def rgb_to_lab(rgb: jnp.ndarray) -> jnp.ndarray:
+    """Converts sRGB to CIE L*a*b* (D65).
+
+    Args:
+      rgb: [..., 3] values in [0, 1].
+
+    Returns:
+      [..., 3] (L in [0, 100], a and b roughly in [-128, 127]).
+    """
+    rgb = jnp.asarray(rgb, jnp.float32)
+    linear = jnp.where(rgb > 0.04045, ((rgb + 0.055) / 1.055) ** 2.4, rgb / 12.92)
+    xyz = (linear @ _RGB_TO_XYZ.T) / _D65_WHITE
+    delta = 6.0 / 29.0
+    f = jnp.where(xyz > delta**3, jnp.cbrt(xyz), xyz / (3 * delta**2) + 4.0 / 29.0)
+    lightness = 116.0 * f[..., 1] - 16.0
+    a = 500.0 * (f[..., 0] - f[..., 1])
+    b = 200.0 * (f[..., 1] - f[..., 2])
+    return jnp.stack([lightness, a, b], axis=-1)
