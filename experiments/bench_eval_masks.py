@@ -35,6 +35,12 @@ SETS = ("perfect", "mild", "heavy", "mixed")
 
 _NUM_WORKERS = flags.DEFINE_integer("num_workers", 0, "0 = one per CPU, 1 = in-process.")
 _REPEATS = flags.DEFINE_integer("repeats", 1, "Timed runs per set; the best is reported.")
+_PER_SEQUENCE = flags.DEFINE_string(
+    "per_sequence",
+    "heavy",
+    "Also time each sequence of this set alone, in one process: speed against sequence length "
+    "('' to skip).",
+)
 
 
 def machine() -> str:
@@ -83,6 +89,25 @@ def bench_set(root: pathlib.Path, imageset: str, predictions: pathlib.Path) -> s
     )
 
 
+def bench_sequences(root: pathlib.Path, imageset: str, predictions: pathlib.Path) -> list[str]:
+    """One markdown row per sequence, scored alone in this process (no worker pool)."""
+    rows = []
+    for name in davis.read_imageset(root, imageset):
+        frames = len(davis.annotation_files(root, name))
+        best = float("inf")
+        for _ in range(_REPEATS.value):
+            start = time.perf_counter()
+            scores = davis_protocol.score_folder(
+                root, predictions, imageset, sequences=[name], num_workers=1
+            )
+            best = min(best, time.perf_counter() - start)
+        rows.append(
+            f"| {predictions.parent.name}/{name} | {frames} | {len(scores)} | "
+            f"{best:.3f} | {frames / best:.0f} |"
+        )
+    return rows
+
+
 def main(argv: Sequence[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
@@ -93,6 +118,14 @@ def main(argv: Sequence[str]) -> None:
     for collection, (root, imageset) in COLLECTIONS.items():
         for name in SETS:
             print(bench_set(root, imageset, SHARED / "golden" / collection / name), flush=True)
+    if _PER_SEQUENCE.value:
+        print(f"\nOne sequence at a time, one process, set {_PER_SEQUENCE.value!r} ({machine()})\n")
+        print("| sequence | frames | objects | seconds | frames/s |")
+        print("|---|---|---|---|---|")
+        for collection, (root, imageset) in COLLECTIONS.items():
+            predictions = SHARED / "golden" / collection / _PER_SEQUENCE.value
+            for row in bench_sequences(root, imageset, predictions):
+                print(row, flush=True)
 
 
 if __name__ == "__main__":

@@ -131,3 +131,38 @@ def test_bad_config_fields_are_named(tmp_path):
         evaluate.load_sequences(config.data)
     with pytest.raises(ValueError, match="expected 'smoke' or a preset"):
         lab_pixels.get_config("fast")
+
+
+def test_youtube_vos_layout_object_starting_later(tmp_path):
+    """A static YouTube-VOS video whose object 2 is annotated at its first frame, frame 3."""
+    rng = np.random.default_rng(2)
+    frame = rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    split = tmp_path / "ytvos" / "valid"
+    names = [f"{5 * t:05d}" for t in range(6)]
+    for name in names:
+        path = split / "JPEGImages" / "vid" / f"{name}.jpg"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(frame).save(path, quality=100)
+    first, later = np.zeros((48, 64), np.uint8), np.zeros((48, 64), np.uint8)
+    first[8:24, 8:32] = 1
+    later[32:48, 40:64] = 2
+    image_io.write_mask(split / "Annotations" / "vid" / "00000.png", first)
+    image_io.write_mask(split / "Annotations" / "vid" / "00015.png", later)
+    meta = {"videos": {"vid": {"objects": {"1": {"frames": names}, "2": {"frames": names[3:]}}}}}
+    (split / "meta.json").write_text(json.dumps(meta))
+
+    config = lab_pixels.get_config("dino")
+    config.data.layout = "youtube_vos"
+    config.data.youtube_vos_root = str(tmp_path / "ytvos")
+    assert evaluate.run(config, str(tmp_path / "work")) is None  # no ground truth to score.
+    out = tmp_path / "work" / "results"
+    written = {p.stem: image_io.read_mask(p) for p in (out / "Annotations" / "vid").glob("*.png")}
+    assert sorted(written) == names
+    for t, name in enumerate(names):
+        assert (written[name] == 1).sum() > 0.7 * (first == 1).sum()
+        if t < 3:
+            assert not (written[name] == 2).any(), t  # not yet started.
+        else:
+            assert (written[name] == 2).sum() > 0.7 * (later == 2).sum(), t
+    np.testing.assert_array_equal(written[names[4]], written[names[5]])  # a static video.
+    assert (out / "submission.zip").is_file()

@@ -203,6 +203,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict | None:
         write_pngs=config.eval.write_pngs,
         num_overlays=config.eval.num_overlay_sequences,
     )
+    if config.data.layout == "youtube_vos" and config.eval.write_pngs:
+        archive = results_writer.make_youtube_vos_submission(results_dir, sequences)
+        logging.info("YouTube-VOS submission (upload to the evaluation server): %s", archive)
     summary_writer = metric_writers.create_default_writer(
         str(workdir / "eval"), just_logging=jax.process_index() > 0
     )
