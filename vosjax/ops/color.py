@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import jax.numpy as jnp
+import numpy as np
 
 # sRGB (D65) -> CIE XYZ, then normalised by the D65 white point.
-_RGB_TO_XYZ = jnp.array(
+_RGB_TO_XYZ = np.array(
     [
         [0.412453, 0.357580, 0.180423],
         [0.212671, 0.715160, 0.072169],
         [0.019334, 0.119193, 0.950227],
     ]
 )
-_D65_WHITE = jnp.array([0.950456, 1.0, 1.088754])
+_D65_WHITE = np.array([0.950456, 1.0, 1.088754])
 
 
 def rgb_to_lab(rgb: jnp.ndarray) -> jnp.ndarray:
