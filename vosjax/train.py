@@ -276,17 +276,22 @@ def davis_eval_fn(
     # Imported here: vosjax.evaluate's imports start the XLA backend, which must not happen
     # before `jax.distributed.initialize` in `train_and_evaluate`.
     from vosjax import evaluate
+    from vosjax.metrics import report
 
     results_root = pathlib.Path(results_root)
 
     def eval_fn(model: nnx.Module, step: int) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+        results_dir = results_root / f"step_{step}"
         results, overlays = evaluate.evaluate_sequences(
             method.make_segmenter(model),
             sequences,
-            results_root / f"step_{step}",
+            results_dir,
             write_pngs=write_pngs,
             num_overlays=num_overlays,
         )
+        if results is not None and jax.process_index() == 0:
+            report.write_all(results, results_dir)
+            logging.info("Step %d\n%s", step, report.format_table(results))
         scalars = {k: v for k, v in (results or {}).items() if k != "per_object"}
         return scalars, overlays
 
@@ -307,7 +312,7 @@ def _evaluate(
     state: TrainState,
     step: int,
     writer: metric_writers.MetricWriter,
-) -> None:
+) -> dict[str, float]:
     scalars, images = eval_fn(trainer.model(state), step)
     writer.write_scalars(step, _flat_scalars(scalars, "eval/"))
     if images:
@@ -315,6 +320,7 @@ def _evaluate(
             step, {f"eval/overlay/{k}": np.asarray(v)[None] for k, v in images.items()}
         )
     writer.flush()
+    return scalars
 
 
 def train_and_evaluate(
@@ -364,6 +370,42 @@ def train_and_evaluate(
         writer.close()
 
 
+def evaluate_checkpoint(
+    config: ml_collections.ConfigDict,
+    workdir: str | pathlib.Path,
+    method: Method,
+    eval_fn: EvalFn,
+    step: int | None = None,
+) -> dict[str, float]:
+    """Restores a checkpoint of `workdir` (the latest, or `step`) and evaluates it.
+
+    Returns:
+      The evaluation scalars (J&F, ...), also written as summaries at that step.
+
+    Raises:
+      FileNotFoundError: `workdir` holds no checkpoint, or not the requested step.
+    """
+    validate_config(config)
+    sharding.initialize_distributed(config)
+    workdir = pathlib.Path(workdir)
+    trainer = Trainer(config, method)
+    with checkpointing.Checkpointer(workdir / "checkpoints", handle_sigterm=False) as checkpointer:
+        steps = checkpointer.all_steps()
+        if not steps or (step is not None and step not in steps):
+            raise FileNotFoundError(
+                f"{checkpointer.directory}: no checkpoint {'' if step is None else step} to "
+                f"evaluate; saved steps: {sorted(steps)}"
+            )
+        state, step = checkpointer.restore(trainer.abstract_state, step)
+    writer = metric_writers.create_default_writer(
+        str(workdir), just_logging=jax.process_index() > 0
+    )
+    try:
+        return _evaluate(eval_fn, trainer, state, step, writer)
+    finally:
+        writer.close()
+
+
 def _loop(
     config: ml_collections.ConfigDict,
     workdir: pathlib.Path,
@@ -386,9 +428,13 @@ def _loop(
     max_nonfinite = int(config.get("max_consecutive_nonfinite", 0))
     eval_every = int(config.get("eval_every_steps", 0))
     train_metrics = None
+    skipped_total = 0  # corrupt videos the data pipeline skipped on this host since (re)start.
     while step < num_steps:
         with jax.profiler.StepTraceAnnotation("train", step_num=step):
-            batch = sharding.shard_batch(next(data_iterator), trainer.mesh)
+            host_batch = next(data_iterator)
+            if isinstance(host_batch, Mapping) and "skipped" in host_batch:
+                skipped_total += int(np.sum(host_batch["skipped"]))
+            batch = sharding.shard_batch(host_batch, trainer.mesh)
             state, step_metrics = trainer.train_step(state, batch, trainer.train_rng)
         step += 1
         train_metrics = step_metrics if train_metrics is None else train_metrics.merge(step_metrics)
@@ -405,6 +451,7 @@ def _loop(
         if step % config.log_every_steps == 0 or step == num_steps:
             summary = _flat_scalars(train_metrics.compute(), "train/")
             summary["train/nonfinite_total"] = int(jax.device_get(state.nonfinite_total))
+            summary["train/skipped_corrupt_videos"] = skipped_total
             writer.write_scalars(step, summary)
             train_metrics = None
         preempted = checkpointer.preempted(step)
