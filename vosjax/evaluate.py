@@ -224,16 +224,15 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict | None:
     return results
 
 
-_CONFIG = config_flags.DEFINE_config_file("config", lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Output folder for masks, CSVs and summaries.")
-
-
 def main(argv: Sequence[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    run(_CONFIG.value, _WORKDIR.value)
+    run(flags.FLAGS.config, flags.FLAGS.workdir)
 
 
 if __name__ == "__main__":
+    # Defined here, not at import: vosjax.main imports this module and has flags of its own.
+    config_flags.DEFINE_config_file("config", lock_config=True)
+    flags.DEFINE_string("workdir", None, "Output folder for masks, CSVs and summaries.")
     flags.mark_flags_as_required(["config", "workdir"])
     app.run(main)

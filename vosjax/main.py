@@ -1,0 +1,100 @@
+"""Trains a method (resuming from --workdir after any interruption) or evaluates a checkpoint.
+
+python -m vosjax.main --config=configs/maskvos/corr_r18.py --workdir=W
+python -m vosjax.main --config=configs/maskvos/corr_r18.py --workdir=W --mode=eval [--step=N]
+"""
+
+from __future__ import annotations
+
+import pathlib
+from collections.abc import Sequence
+
+import ml_collections
+from absl import app, flags
+from ml_collections import config_flags
+
+from vosjax import train
+
+_CONFIG = config_flags.DEFINE_config_file("config", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, summaries and results go here.")
+_MODE = flags.DEFINE_enum("mode", "train", ["train", "eval"], "Train (and evaluate), or evaluate.")
+_STEP = flags.DEFINE_integer("step", None, "--mode=eval: the checkpoint step (default: latest).")
+
+
+def build_method(config: ml_collections.ConfigDict) -> train.Method:
+    """The method named by `config.method` (imported only when chosen)."""
+    if config.method == "maskvos_correspondence":
+        from vosjax.methods.maskvos import correspondence
+
+        return correspondence.Correspondence(config)
+    raise ValueError(f"config.method={config.method!r}; expected 'maskvos_correspondence'")
+
+
+def data_iterator_factory(config: ml_collections.ConfigDict, method: train.Method):
+    """Per-host batch size -> this host's checkpointable iterator of training batches."""
+    from vosjax.data import clip_sampling, clip_sources, pipeline
+
+    data = config.data
+    if data.path and not data.path.startswith("tfds:") and not pathlib.Path(data.path).exists():
+        raise FileNotFoundError(f"config.data.path={data.path!r}: no such folder")
+    source = clip_sources.open_source(
+        data.path or None,
+        imageset=data.imageset,
+        resolution=data.resolution,
+        synthetic_config=data.synthetic_config,
+    )
+    sampler = clip_sampling.ClipSampler(
+        num_frames=data.clip_len,
+        frame_gap=data.frame_gap,
+        mode=data.sample_mode,
+        permute=data.permute,
+    )
+
+    def factory(host_batch_size: int):
+        del host_batch_size  # make_train_iterator splits the global batch per host itself.
+        return pipeline.make_train_iterator(
+            source,
+            sampler=sampler,
+            transform=method.make_transform(),
+            global_batch_size=config.batch_size,
+            seed=config.seed,
+            num_workers=data.num_workers,
+        )
+
+    return factory
+
+
+def eval_fn(config: ml_collections.ConfigDict, method: train.Method, workdir: str):
+    """J&F on the videos of `config.eval` (the synthetic default when it names no root)."""
+    from vosjax import evaluate
+
+    return train.davis_eval_fn(
+        method,
+        evaluate.load_sequences(config.eval),
+        pathlib.Path(workdir) / "eval_results",
+        write_pngs=config.eval.write_pngs,
+        num_overlays=config.eval.num_overlays,
+    )
+
+
+def main(argv: Sequence[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    config, workdir = _CONFIG.value, _WORKDIR.value
+    method = build_method(config)
+    if _MODE.value == "train":
+        train.train_and_evaluate(
+            config,
+            workdir,
+            method,
+            data_iterator_factory(config, method),
+            eval_fn(config, method, workdir),
+        )
+    else:
+        evaluate_fn = eval_fn(config, method, workdir)
+        train.evaluate_checkpoint(config, workdir, method, evaluate_fn, _STEP.value)
+
+
+if __name__ == "__main__":
+    flags.mark_flags_as_required(["config", "workdir"])
+    app.run(main)

@@ -1,0 +1,124 @@
+"""Mask-VOS visual encoder E: ResNet (layer3 at stride 8, no layer4) -> down_dim -> key head.
+
+As the released code (a DUL fork): a torchvision-layout ResNet with layer3's stride set to 1
+and layer4 removed gives `res4` at output stride 8 after `down_dim` (1x1 conv -> BN -> ReLU to
+512 channels); the key head `emb_q` (1x1 conv 512 -> 512, BN, ReLU, 1x1 conv -> 128) gives the
+L2-normalised keys that the correspondence losses train and label propagation matches. The
+mask stage's decoder later reads the intermediate maps f3 (layer2, /8) and f2 (layer1, /4).
+
+The released code builds only ResNet-50 this way (its ResNet-18 path does not fit); here
+`down_dim` takes whatever layer3 gives (256 channels for ResNet-18, 1024 for ResNet-50).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from vosjax.models import resnet
+from vosjax.ops import correspondence_losses
+
+BACKBONES = ("resnet18", "resnet50")
+# ImageNet statistics in [0, 1] units, applied to uint8 frames by `normalize_frames`.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def normalize_frames(frames: jax.Array) -> jax.Array:
+    """uint8 (or 0..255 float) frames [..., 3] -> (x / 255 - mean) / std, float32."""
+    x = frames.astype(jnp.float32) / 255.0
+    return (x - jnp.asarray(IMAGENET_MEAN)) / jnp.asarray(IMAGENET_STD)
+
+
+def _conv1x1(
+    in_features: int, out_features: int, *, bias: bool, dtype: resnet.Dtype, rngs: nnx.Rngs
+) -> nnx.Conv:
+    return nnx.Conv(
+        in_features,
+        out_features,
+        (1, 1),
+        use_bias=bias,
+        dtype=dtype,
+        kernel_init=nnx.initializers.variance_scaling(2.0, "fan_out", "normal"),
+        rngs=rngs,
+    )
+
+
+def _batch_norm(num_features: int, *, dtype: resnet.Dtype, rngs: nnx.Rngs) -> nnx.BatchNorm:
+    # torch momentum 0.1 on the new batch = flax momentum 0.9 on the running average.
+    return nnx.BatchNorm(num_features, momentum=0.9, epsilon=1e-5, dtype=dtype, rngs=rngs)
+
+
+class MaskVOSEncoder(nnx.Module):
+    """E: frames [B, H, W, 3] -> keys [B, H/8, W/8, key_dim] (+ res4, f3, f2).
+
+    Outputs of `__call__` (sizes round up for sides that are not multiples of 8):
+      'key'  [B, H/8, W/8, key_dim]    L2-normalised (float32);
+      'res4' [B, H/8, W/8, embed_dim]  after down_dim;
+      'f3'   [B, H/8, W/8, 128 e]      layer2 (e = 1 for ResNet-18, 4 for ResNet-50);
+      'f2'   [B, H/4, W/4, 64 e]       layer1.
+    """
+
+    def __init__(
+        self,
+        backbone: str = "resnet18",
+        *,
+        output_stride: int = 8,
+        embed_dim: int = 512,
+        key_dim: int = 128,
+        norm: str = "batch",
+        dtype: jnp.dtype | None = None,
+        rngs: nnx.Rngs,
+    ):
+        """Builds E.
+
+        Args:
+          backbone: 'resnet18' or 'resnet50'.
+          output_stride: stride of the keys (8 in Mask-VOS; 16 keeps layer3's stride).
+          embed_dim: channels of res4 (down_dim's output) and of the key head's hidden layer.
+          key_dim: channels of the key (128).
+          norm: the backbone's norm ('batch', 'group', 'frozen_batch').
+          dtype: compute dtype; parameters stay float32.
+          rngs: initialisation randomness.
+
+        Raises:
+          ValueError: unknown backbone, or output_stride not 8 or 16 (layer4 is removed).
+        """
+        if backbone not in BACKBONES:
+            raise ValueError(f"config.model.backbone={backbone!r}; expected one of {BACKBONES}")
+        if output_stride not in (8, 16):
+            raise ValueError(
+                f"config.model.output_stride={output_stride}; expected 8 or 16 (no layer4)"
+            )
+        build = resnet.resnet18 if backbone == "resnet18" else resnet.resnet50
+        self.backbone = build(
+            output_stride=output_stride, num_stages=3, norm=norm, dtype=dtype, rngs=rngs
+        )
+        kw = {"dtype": dtype, "rngs": rngs}
+        self.down_conv = _conv1x1(self.backbone.num_features, embed_dim, bias=False, **kw)
+        self.down_norm = _batch_norm(embed_dim, **kw)
+        self.key_conv1 = _conv1x1(embed_dim, embed_dim, bias=False, **kw)
+        self.key_norm = _batch_norm(embed_dim, **kw)
+        self.key_conv2 = _conv1x1(embed_dim, key_dim, bias=True, **kw)
+        self.output_stride = output_stride
+        self.key_dim = key_dim
+
+    def __call__(self, x: jax.Array, *, train: bool = False) -> dict[str, jax.Array]:
+        """Encodes normalised frames.
+
+        Args:
+          x: [B, H, W, 3] frames normalised with ImageNet mean / std (`normalize_frames`).
+          train: use and update batch statistics if True.
+
+        Returns:
+          {'key', 'res4', 'f3', 'f2'}; see the class docstring.
+        """
+        stages = self.backbone(x, train=train)
+        use_avg = not train
+        res4 = nnx.relu(
+            self.down_norm(self.down_conv(stages["layer3"]), use_running_average=use_avg)
+        )
+        hidden = nnx.relu(self.key_norm(self.key_conv1(res4), use_running_average=use_avg))
+        key = correspondence_losses.l2_normalize(self.key_conv2(hidden).astype(jnp.float32))
+        return {"key": key, "res4": res4, "f3": stages["layer2"], "f2": stages["layer1"]}
