@@ -107,7 +107,7 @@ def test_smoke_command_on_synthetic_default(tmp_path):
         text=True,
         cwd=REPO,
         env=env,
-        timeout=300,
+        timeout=600,
     )
     assert process.returncode == 0, process.stderr[-3000:]
     results = json.loads((tmp_path / "work" / "results" / "results.json").read_text())
