@@ -17,6 +17,7 @@ epochs for 500 epochs, clips of 5 frames with frame gap 2, 256 x 256 crops, batc
 
 import ml_collections
 
+from configs.propagation import common as propagation_configs
 from vosjax import train
 from vosjax.ops import propagation
 
@@ -100,28 +101,12 @@ def get_config(arg: str | None = None, backbone: str = "resnet18") -> ml_collect
     config.log_every_steps = 1 if smoke else 100
     config.eval_every_steps = 0 if smoke else 10 * steps_per_epoch
     config.checkpoint_every_steps = 1 if smoke else 1000
-    config.eval = ml_collections.ConfigDict(
-        {
-            "layout": "davis",  # 'davis' or 'youtube_vos'
-            "davis_root": "",  # '' = the synthetic default validation videos
-            "youtube_vos_root": "",
-            "youtube_vos_split": "valid",
-            "imageset": "2017/val",
-            "resolution": "480p",
-            "sequences": "",
-            "write_pngs": False,
-            "num_overlays": 2 if smoke else 4,
-            "propagation": dict(propagation.PRESETS["crw"].__dict__) | {"preset": "crw"},
-            "synthetic": {
-                "num_val": 2 if smoke else 8,
-                "num_frames": 3 if smoke else 30,
-                "height": 64 if smoke else 240,
-                "width": 64 if smoke else 427,
-                "seed": 0,
-                "level": "medium",
-            },
-        }
-    )
+    # Validation videos: the fields of the propagation configs (layout, davis_root, imageset,
+    # sequences, synthetic default, ...), plus how this method is evaluated.
+    config.eval = propagation_configs.data_config(smoke)
+    config.eval.write_pngs = False
+    config.eval.num_overlays = 2 if smoke else 4
+    config.eval.propagation = dict(propagation.PRESETS["crw"].__dict__) | {"preset": "crw"}
     if smoke:
         config.model.embed_dim = 64
         config.model.key_dim = 32
