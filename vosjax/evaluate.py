@@ -111,6 +111,11 @@ def davis_root(data: ml_collections.ConfigDict) -> pathlib.Path:
     """config.data.davis_root, or the synthetic default exported to the DAVIS-2017 layout."""
     if data.davis_root:
         return pathlib.Path(data.davis_root)
+    if data.imageset != "2017/val":
+        raise ValueError(
+            f"config.data.imageset={data.imageset!r}: the synthetic default has only '2017/val'; "
+            "set config.data.davis_root to evaluate another split"
+        )
     synth = data.synthetic
     root = synthetic_export.default_davis_root(
         num_train=0,
@@ -122,11 +127,6 @@ def davis_root(data: ml_collections.ConfigDict) -> pathlib.Path:
         config=synth.level,
         resolution=data.resolution,
     )
-    if data.imageset != "2017/val":
-        raise ValueError(
-            f"config.data.imageset={data.imageset!r}: the synthetic default has only '2017/val'; "
-            "set config.data.davis_root to evaluate another split"
-        )
     logging.info("No config.data.davis_root: evaluating the synthetic default at %s", root)
     return root
 

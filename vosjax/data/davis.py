@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+from collections.abc import Sequence
 
 from vosjax.data import image_io, sequence
 
@@ -41,6 +42,25 @@ def read_imageset(root: image_io.PathLike, imageset: str) -> list[str]:
     names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
     if not names:
         raise image_io.DataError(f"{path}: split file lists no sequence")
+    return names
+
+
+def split_sequences(
+    root: image_io.PathLike, imageset: str, sequences: Sequence[str] | None = None
+) -> list[str]:
+    """The sequence names of a split in its order, once each, or the requested subset of them.
+
+    Raises:
+      DataError: the split file is missing or empty, or a requested sequence is not in it.
+    """
+    names = list(dict.fromkeys(read_imageset(root, imageset)))
+    if sequences:
+        unknown = [s for s in sequences if s not in names]
+        if unknown:
+            raise image_io.DataError(
+                f"sequences {unknown} are not in imageset {imageset!r} of {root}"
+            )
+        names = [s for s in names if s in sequences]
     return names
 
 
@@ -118,12 +138,5 @@ def load_davis(
     root = pathlib.Path(os.fspath(root))
     if not root.is_dir():
         raise image_io.DataError(f"{root}: DAVIS root folder not found")
-    names = read_imageset(root, imageset)
-    if sequences:
-        unknown = [s for s in sequences if s not in names]
-        if unknown:
-            raise image_io.DataError(
-                f"sequences {unknown} are not in imageset {imageset!r} of {root}"
-            )
-        names = [s for s in names if s in sequences]
+    names = split_sequences(root, imageset, sequences)
     return [load_sequence(root, name, resolution) for name in names]

@@ -247,14 +247,7 @@ def score_folder(
         raise image_io.DataError(f"{davis_root}: DAVIS root folder not found")
     if not results_dir.is_dir():
         raise image_io.DataError(f"{results_dir}: results folder not found")
-    names = list(dict.fromkeys(davis.read_imageset(davis_root, imageset)))
-    if sequences:
-        unknown = [s for s in sequences if s not in names]
-        if unknown:
-            raise image_io.DataError(
-                f"sequences {unknown} are not in imageset {imageset!r} of {davis_root}"
-            )
-        names = [s for s in names if s in sequences]
+    names = davis.split_sequences(davis_root, imageset, sequences)
     plans = {name: _plan_sequence(davis_root, results_dir, name, resolution) for name in names}
     tasks = []  # (sequence, first column, args of _score_files)
     for name, (gt_files, pred_dir, num_objects, size) in plans.items():
