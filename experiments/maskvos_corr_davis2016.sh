@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Does Mask-VOS correspondence learning learn? J&F on the 8 DAVIS2016 480p val sequences of
-#   (a) corr_r18 trained on the DAVIS2016 240p train sequences for STEPS steps,
+#   (a) corr_r18 trained on the DAVIS2016 240p train sequences (+ MIX synthetic clips) for STEPS
+#       steps,
 #   (b) the same network at random initialisation (one step at learning rate 0: only the
 #       BatchNorm statistics see data),
 #   (c) the raw-pixel baseline (configs/propagation/lab_pixels.py, crw preset).
 # All three use the crw propagation preset and the official evaluation.
 #
-#   bash experiments/maskvos_corr_davis2016.sh [WORKDIR]   (STEPS=... CROP=... BATCH=... to change)
+#   bash experiments/maskvos_corr_davis2016.sh [WORKDIR]   (env: STEPS CROP BATCH MIX WORKERS CKPT PIXELS)
 #
 # Numbers, budget and machine go into experiments/README.md.
 set -euo pipefail
@@ -15,6 +16,10 @@ W=${1:-/tmp/maskvos_corr_davis2016}
 STEPS=${STEPS:-20000}
 CROP=${CROP:-256}
 BATCH=${BATCH:-16}
+MIX=${MIX:-0.25}          # fraction of synthetic clips (vosjax_synthetic/small)
+WORKERS=${WORKERS:-4}     # grain worker processes
+CKPT=${CKPT:-1000}        # checkpoint every CKPT steps
+PIXELS=${PIXELS:-1}       # 0: skip (c), whose number does not depend on training
 DAVIS=${DAVIS:-../shared/data/DAVIS2016}
 
 common=(
@@ -22,6 +27,7 @@ common=(
   --config.batch_size="$BATCH"
   --config.data.crop="$CROP" --config.data.min_short="$CROP"
   --config.data.path="$DAVIS" --config.data.imageset=2016/train --config.data.resolution=240p
+  --config.data.synthetic_mix="$MIX" --config.data.num_workers="$WORKERS"
   --config.eval.davis_root="$DAVIS" --config.eval.imageset=2016/val --config.eval.resolution=480p
   --config.eval_every_steps=0
 )
@@ -29,18 +35,22 @@ common=(
 # (a) trained; the same command resumes after an interruption.
 python -m vosjax.main "${common[@]}" --workdir="$W/trained" \
   --config.num_train_steps="$STEPS" --config.optim.step_every=$((STEPS * 2 / 5)) \
-  --config.checkpoint_every_steps=1000
+  --config.checkpoint_every_steps="$CKPT"
 
 # (b) random initialisation.
 python -m vosjax.main "${common[@]}" --workdir="$W/random_init" \
   --config.num_train_steps=1 --config.optim.lr=0.0
 
 # (c) raw pixels.
+if [[ "$PIXELS" != 0 ]]; then
 python -m vosjax.evaluate --config=configs/propagation/lab_pixels.py:crw \
   --config.data.davis_root="$DAVIS" --config.data.imageset=2016/val --workdir="$W/pixels"
+fi
 
 for run in trained random_init; do
   step=$(ls "$W/$run/eval_results" | sort -t_ -k2 -n | tail -1)
   echo "$run ($step): $(sed -n 2p "$W/$run/eval_results/$step/global_results-val.csv")"
 done
-echo "pixels: $(sed -n 2p "$W/pixels/results/global_results-val.csv")"
+if [[ "$PIXELS" != 0 ]]; then
+  echo "pixels: $(sed -n 2p "$W/pixels/results/global_results-val.csv")"
+fi

@@ -6,6 +6,7 @@ import pathlib
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -76,3 +77,30 @@ def test_unknown_config_field_is_refused(tmp_path):
     )
     assert process.returncode != 0
     assert "learning_rate" in process.stderr
+
+
+def test_davis_clips_mixed_with_synthetic_clips(monkeypatch, tmp_path, davis2016_root):
+    from configs.maskvos import corr_r18
+    from vosjax import main
+    from vosjax.methods.maskvos import correspondence
+
+    monkeypatch.setenv("VOSJAX_DATA_DIR", str(tmp_path / "cache"))
+    config = corr_r18.get_config("smoke")
+    config.data.synthetic_mix = 0.5
+    method = correspondence.Correspondence(config)
+    with pytest.raises(ValueError, match="config.data.synthetic_mix=0.5 needs config.data.path"):
+        main.data_iterator_factory(config, method)
+    config.data.path = str(davis2016_root)
+    config.data.resolution = "240p"
+    config.data.synthetic_mix = 1.5
+    with pytest.raises(ValueError, match="config.data.synthetic_mix=1.5"):
+        main.data_iterator_factory(config, method)
+    config.data.synthetic_mix = 0.2
+    iterator = main.data_iterator_factory(config, method)(config.batch_size)
+    batches = [next(iterator) for _ in range(4)]
+    assert batches[0]["video"].shape == (8, 3, 64, 64, 3)
+    # 30 DAVIS videos x 1 and 4 synthetic ones x 2: mix indices 30..37 are synthetic. The first
+    # 32 examples are 32 distinct videos of the shuffled 38, so 2 to 8 of them are synthetic.
+    indices = np.concatenate([np.asarray(b["video_index"]) for b in batches])
+    assert len(set(indices.tolist())) == 32 and ((indices >= 0) & (indices < 38)).all()
+    assert 2 <= np.sum(indices >= 30) <= 8

@@ -122,6 +122,60 @@ def test_stops_after_n_nonfinite_in_a_row(tmp_path):
     assert isinstance(trainer.model(restored), nnx.Module)
 
 
+class _DtypeRecorder(toy_method.ToyMethod):
+    """Records the dtypes that loss_fn sees (at trace time); keeps 'target' in fp32."""
+
+    fp32_inputs = ("target",)
+
+    def __init__(self):
+        super().__init__()
+        self.seen = {}
+
+    def loss_fn(self, model, batch, rng, step):
+        self.seen = {
+            "image": batch["image"].dtype,
+            "target": batch["target"].dtype,
+            "kernel": model.conv1.kernel[...].dtype,
+        }
+        return super().loss_fn(model, batch, rng, step)
+
+
+def test_mixed_precision_step_bf16_compute_fp32_master_weights():
+    config = toy_method.config()
+    host = _host_batch(0, config)
+    results = {}
+    for mixed in (False, True):
+        config.mixed_precision = mixed
+        method = _DtypeRecorder()
+        trainer = train.Trainer(config, method)
+        state = trainer.init_state()
+        batch = sharding.shard_batch(host, trainer.mesh)
+        new_state, step_metrics = trainer.train_step(state, batch, trainer.train_rng)
+        results[mixed] = (method.seen, new_state, float(step_metrics.compute()["loss"]))
+    seen, state16, loss16 = results[True]
+    assert seen == {"image": jnp.bfloat16, "target": jnp.float32, "kernel": jnp.bfloat16}
+    assert results[False][0] == {"image": jnp.float32, "target": jnp.float32, "kernel": jnp.float32}
+    # Master weights, optimiser state and BatchNorm statistics stay fp32.
+    for leaf in jax.tree.leaves((state16.params, state16.opt_state, state16.model_state)):
+        if jnp.issubdtype(leaf.dtype, jnp.floating):
+            assert leaf.dtype == jnp.float32
+    _, state32, loss32 = results[False]
+    # bf16 compute: the loss differs from fp32 by bf16 rounding (~3 significant digits), not more.
+    assert loss16 != loss32
+    np.testing.assert_allclose(loss16, loss32, rtol=2e-2)
+    # Adam's first step moves each weight by about lr * sign(grad): the same for almost all.
+    a = np.asarray(state16.params["conv1"]["kernel"][...])
+    b = np.asarray(state32.params["conv1"]["kernel"][...])
+    assert np.mean(np.abs(a - b) < 1e-3) > 0.9
+
+
+def test_profile_writes_a_trace(tmp_path):
+    profile = {"enabled": True, "first_step": 1, "num_steps": 2, "every_steps": 0}
+    _run(tmp_path, 5, profile=profile)
+    traces = list((tmp_path / "plugins" / "profile").glob("*/*.xplane.pb"))
+    assert len(traces) == 1 and traces[0].stat().st_size > 1000
+
+
 # Subprocess tests: each process imports JAX and TensorFlow (clu writers), ~20 s each here.
 
 

@@ -10,7 +10,7 @@ import pathlib
 from collections.abc import Sequence
 
 import ml_collections
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from vosjax import train
@@ -43,6 +43,23 @@ def data_iterator_factory(config: ml_collections.ConfigDict, method: train.Metho
         resolution=data.resolution,
         synthetic_config=data.synthetic_config,
     )
+    mix = float(data.get("synthetic_mix", 0.0))
+    if mix:
+        if not data.path:
+            raise ValueError(
+                f"config.data.synthetic_mix={mix} needs config.data.path: without a path every "
+                "clip is already synthetic"
+            )
+        if not 0.0 < mix < 1.0:
+            raise ValueError(f"config.data.synthetic_mix={mix}: expected a fraction in [0, 1)")
+        synthetic = clip_sources.synthetic_frames(data.synthetic_config)
+        source = clip_sources.mix_with_fraction(source, synthetic, mix)
+        logging.info(
+            "Training videos: %s mixed with %d synthetic videos; shares %s",
+            data.path,
+            len(synthetic),
+            [round(f, 3) for f in source.fractions()],
+        )
     sampler = clip_sampling.ClipSampler(
         num_frames=data.clip_len,
         frame_gap=data.frame_gap,

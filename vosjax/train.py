@@ -35,7 +35,11 @@ REQUIRED_FIELDS = ("num_train_steps", "batch_size", "optim")
 
 
 class Method(Protocol):
-    """What a training method provides. `after_update` and `make_segmenter` are optional."""
+    """What a training method provides.
+
+    Optional: `after_update(model, step)` (e.g. an EMA teacher), `make_segmenter(model)` (for
+    evaluation) and `fp32_inputs`, the batch entries that mixed precision leaves in fp32.
+    """
 
     def build_model(self, config: ml_collections.ConfigDict, rngs: nnx.Rngs) -> nnx.Module:
         """The model; it must not store an `nnx.Rngs` (randomness comes from `loss_fn`'s rng)."""
@@ -65,7 +69,9 @@ def default_config() -> ml_collections.ConfigDict:
     config.keep_checkpoints = 3
     config.async_checkpoints = True
     config.eval_every_steps = 0  # 0: only at the end (when an eval_fn is given)
-    config.profile = False
+    # Profiling on request: a trace of `num_steps` steps from `first_step` (and then every
+    # `every_steps`, 0: once) in `workdir/plugins/profile`, for TensorBoard's profile tab.
+    config.profile = {"enabled": False, "first_step": 10, "num_steps": 5, "every_steps": 0}
     config.distributed = {
         "enabled": False,
         "coordinator_address": "",
@@ -119,6 +125,13 @@ def _cast_floats(tree: Any, dtype: jnp.dtype) -> Any:
     return jax.tree.map(cast, tree)
 
 
+def _cast_inputs(batch: Any, dtype: jnp.dtype, keep: Sequence[str]) -> Any:
+    """Casts the floating entries of a batch, except the dict entries named in `keep`."""
+    if not isinstance(batch, Mapping):
+        return _cast_floats(batch, dtype)
+    return {k: v if k in keep else _cast_floats(v, dtype) for k, v in batch.items()}
+
+
 def _all_finite(tree: Any) -> jax.Array:
     leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
     return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
@@ -138,8 +151,9 @@ def make_train_step(
       graphdef: the model's graph definition (from `nnx.split`).
       method: provides `loss_fn` and optionally `after_update(model, step)`.
       tx: the optimiser.
-      mixed_precision: compute the loss with bf16 parameters and floating inputs; gradients
-        and the master parameters stay fp32.
+      mixed_precision: compute the loss with bf16 parameters and floating inputs (except the
+        batch entries the method names in its optional `fp32_inputs`, e.g. geometry that bf16's
+        8-bit mantissa would round); gradients and the master parameters stay fp32.
       learning_rate: if given, its value is reported as the 'learning_rate' metric.
 
     Returns:
@@ -148,6 +162,7 @@ def make_train_step(
       applied (finite) updates, plus 'nonfinite', the fraction of skipped updates.
     """
     after_update = getattr(method, "after_update", None)
+    keep_fp32 = tuple(getattr(method, "fp32_inputs", ()))
 
     def train_step(
         state: TrainState, batch: Any, rng: jax.Array
@@ -158,7 +173,7 @@ def make_train_step(
             inputs = batch
             if mixed_precision:
                 params = _cast_floats(params, jnp.bfloat16)
-                inputs = _cast_floats(batch, jnp.bfloat16)
+                inputs = _cast_inputs(batch, jnp.bfloat16, keep_fp32)
             # Fresh Variable objects created under this trace, so the forward pass may update them.
             model_state = jax.tree.map(lambda x: x, state.model_state)
             model = nnx.merge(graphdef, params, model_state)
@@ -189,7 +204,7 @@ def make_train_step(
             nonfinite_total=state.nonfinite_total + (~finite).astype(jnp.int32),
             nonfinite_streak=jnp.where(finite, 0, state.nonfinite_streak + 1),
         )
-        values = {"loss": loss, "grad_norm": optax.global_norm(grads), **aux}
+        values = {"loss": loss, "grad_norm": optax.tree.norm(grads), **aux}
         count = finite.astype(jnp.int32)
         averages = {
             k: metrics.Average(total=jnp.where(finite, jnp.mean(v), 0.0), count=count)
@@ -420,11 +435,20 @@ def _loop(
         state, step = checkpointer.restore(trainer.abstract_state, None, data_iterator)
     else:
         state, step = trainer.init_state(), 0
-        parameter_overview.log_parameter_overview(state.params.to_pure_dict())
+        parameter_overview.log_parameter_overview(nnx.to_pure_dict(state.params))
     logging.info("Training from step %d to %d", step, num_steps)
     hooks = [periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer)]
-    if config.get("profile", False) and jax.process_index() == 0:
-        hooks.append(periodic_actions.Profile(logdir=str(workdir), num_profile_steps=5))
+    if config.profile.enabled and jax.process_index() == 0:
+        hooks.append(
+            periodic_actions.Profile(
+                logdir=str(workdir),
+                num_profile_steps=config.profile.num_steps,
+                profile_duration_ms=0,  # the step count alone ends a trace
+                first_profile=config.profile.first_step,
+                every_steps=config.profile.every_steps or None,
+                every_secs=None,
+            )
+        )
     max_nonfinite = int(config.get("max_consecutive_nonfinite", 0))
     eval_every = int(config.get("eval_every_steps", 0))
     train_metrics = None

@@ -11,8 +11,9 @@ released code's loss choices: the short-term term between two views of the same 
 Hyper-parameters from the paper and the released code (reference-methods.md section 1):
 Adam lr 1e-4 with beta1 0.5 (the code's default), L2 weight decay 5e-4, lr x0.5 every 100
 epochs for 500 epochs, clips of 5 frames with frame gap 2, 256 x 256 crops, batch 16. An
-"epoch" is one pass over YouTube-VOS's 94,588 training frames (5,912 steps at batch 16); set
-`steps_per_epoch` (and with it the schedule) for another data set.
+"epoch" is one pass over YouTube-VOS's 94,588 training frames (5,912 steps at batch 16); for
+another data set set `--config.steps_per_epoch=N`: the run length (500 epochs), the lr steps
+(every 100) and the evaluation period (every 10) follow it.
 """
 
 import ml_collections
@@ -83,23 +84,28 @@ def get_config(arg: str | None = None, backbone: str = "resnet18") -> ml_collect
             "view_jitter": 0.0,
             "sample_mode": "random",  # 'random' start with `frame_gap`, or 'consecutive'
             "synthetic_config": "tiny" if smoke else "small",  # vosjax_synthetic, when no path
+            "synthetic_mix": 0.0,  # with a path: this fraction of the clips is synthetic
             "batch_size": config.get_ref("batch_size"),  # follows config.batch_size
             "num_workers": 0 if smoke else 4,
         }
     )
-    steps_per_epoch = 1 if smoke else YOUTUBE_VOS_STEPS_PER_EPOCH
-    config.steps_per_epoch = steps_per_epoch
-    config.num_train_steps = 2 if smoke else 500 * steps_per_epoch
+    # Epoch-based fields follow `steps_per_epoch`: `--config.steps_per_epoch=N` rescales them
+    # (each stays overridable on its own).
+    config.steps_per_epoch = ml_collections.FieldReference(
+        1 if smoke else YOUTUBE_VOS_STEPS_PER_EPOCH, field_type=int
+    )
+    epoch = config.get_ref("steps_per_epoch")
+    config.num_train_steps = 2 if smoke else epoch * 500
     config.optim.name = "adam"
     config.optim.lr = 1e-4
     config.optim.b1 = 0.5
     config.optim.b2 = 0.999
     config.optim.weight_decay = 5e-4
     config.optim.schedule = "step"
-    config.optim.step_every = 100 * steps_per_epoch
+    config.optim.step_every = epoch * 100
     config.optim.gamma = 0.5
     config.log_every_steps = 1 if smoke else 100
-    config.eval_every_steps = 0 if smoke else 10 * steps_per_epoch
+    config.eval_every_steps = 0 if smoke else epoch * 10
     config.checkpoint_every_steps = 1 if smoke else 1000
     # Validation videos: the fields of the propagation configs (layout, davis_root, imageset,
     # sequences, synthetic default, ...), plus how this method is evaluated.

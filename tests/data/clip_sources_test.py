@@ -142,3 +142,52 @@ def test_truncated_jpeg_raises_data_error_naming_it(tmp_path):
     source.read_frames(0, [0, 2])  # the good frames still read
     with pytest.raises(image_io.DataError, match="00001.jpg"):
         source.read_frames(0, [1])
+
+
+def test_mixed_source_maps_indices_and_weights_parts(tmp_path):
+    a = clip_sources.davis_frames(_fake_davis(tmp_path / "a", {"a0": 2, "a1": 3}), "2017/train")
+    _folders(tmp_path, 4)
+    b = clip_sources.FrameFolderSource([tmp_path / f"b{i}" for i in range(4)])
+    mix = clip_sources.MixedSource([(a, 3), (b, 1)])
+    assert len(mix) == 2 * 3 + 4
+    assert [mix.name(i) for i in range(len(mix))] == ["a0", "a1"] * 3 + [f"b{i}" for i in range(4)]
+    assert mix.num_frames(1) == 3 and mix.num_frames(8) == 1
+    # Frames come from the right video: red = 10 * video in _fake_davis / _folders.
+    np.testing.assert_array_equal(mix.read_frames(3, [2])[0], _frame(1, 2))
+    np.testing.assert_array_equal(mix.read_frames(9, [0])[0], _frame(23, 0))
+    sampler = clip_sampling.ClipSampler(num_frames=1)
+    frames, _ = mix.sample_clip(7, sampler, np.random.default_rng(0))
+    np.testing.assert_array_equal(frames[0], _frame(21, 0))
+    assert mix.fractions() == [0.6, 0.4]
+    with pytest.raises(IndexError):
+        mix.name(10)
+    with pytest.raises(ValueError, match="repeats must be >= 1"):
+        clip_sources.MixedSource([(a, 0)])
+    restored = pickle.loads(pickle.dumps(mix))
+    assert restored.name(9) == "b3"
+
+
+@pytest.mark.parametrize(
+    "n, m, fraction, expected",
+    [(30, 200, 0.25, [0.75, 0.25]), (30, 200, 0.5, [210 / 410, 200 / 410]), (200, 30, 0.3, None)],
+)
+def test_mix_with_fraction_repeats_the_smaller_share(n, m, fraction, expected):
+    class Sized(clip_sources.VideoSource):
+        def __init__(self, count):
+            self.count = count
+
+        def __len__(self):
+            return self.count
+
+    mix = clip_sources.mix_with_fraction(Sized(n), Sized(m), fraction)
+    if expected is not None:
+        np.testing.assert_allclose(mix.fractions(), expected)
+    assert abs(mix.fractions()[1] - fraction) < 0.03
+    with pytest.raises(ValueError, match="mix fraction 1.0"):
+        clip_sources.mix_with_fraction(Sized(n), Sized(m), 1.0)
+
+
+def _folders(root: pathlib.Path, count: int) -> None:
+    """Folders b0..b{count-1} of one frame each, video number 20 + i."""
+    for i in range(count):
+        _write_folder(root / f"b{i}", 20 + i, 1)

@@ -337,6 +337,81 @@ class TfdsVideoSource(VideoSource):
         return self._decode(encoded, indices, index), indices
 
 
+class MixedSource(VideoSource):
+    """Several sources as one, each repeated a whole number of times (to weight the mix).
+
+    Video `i` of the mix is video `j % len(part)` of the part whose index range holds `i`
+    (`j` counted from the start of that range), so the pipeline's shuffle over
+    `range(len(mix))` draws each part in proportion to `len(part) * repeats`.
+    """
+
+    def __init__(self, parts: Sequence[tuple[VideoSource, int]]):
+        """Args:
+        parts: (source, repeats) pairs; repeats >= 1.
+
+        Raises:
+          ValueError: no parts, or a repeat count below 1.
+        """
+        if not parts:
+            raise ValueError("MixedSource: no sources given")
+        bad = [r for _, r in parts if int(r) < 1]
+        if bad:
+            raise ValueError(f"MixedSource: repeats must be >= 1, got {bad}")
+        self.parts = tuple((source, int(r)) for source, r in parts)
+        self.offsets = np.cumsum([0] + [len(s) * r for s, r in self.parts])
+
+    def _locate(self, index: int) -> tuple[VideoSource, int]:
+        index = int(index)
+        if not 0 <= index < len(self):
+            raise IndexError(f"video {index} of a mixed source of {len(self)} videos")
+        k = int(np.searchsorted(self.offsets, index, side="right")) - 1
+        source = self.parts[k][0]
+        return source, (index - int(self.offsets[k])) % len(source)
+
+    def fractions(self) -> list[float]:
+        """The share of each part in the mix."""
+        return [len(s) * r / len(self) for s, r in self.parts]
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def name(self, index: int) -> str:
+        source, j = self._locate(index)
+        return source.name(j)
+
+    def num_frames(self, index: int) -> int:
+        source, j = self._locate(index)
+        return source.num_frames(j)
+
+    def read_frames(self, index: int, frame_indices: Sequence[int]) -> np.ndarray:
+        source, j = self._locate(index)
+        return source.read_frames(j, frame_indices)
+
+    def sample_clip(
+        self, index: int, sampler: clip_sampling.ClipSampler, rng: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray]:
+        source, j = self._locate(index)
+        return source.sample_clip(j, sampler, rng)
+
+
+def mix_with_fraction(main: VideoSource, extra: VideoSource, fraction: float) -> MixedSource:
+    """`main` plus `extra`, repeated so that about `fraction` of the clips come from `extra`.
+
+    Raises:
+      ValueError: `fraction` outside (0, 1).
+    """
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"mix fraction {fraction}: expected a value in (0, 1)")
+    n, m = len(main), len(extra)
+    # One of the two parts is repeated; pick the pair whose share is closest to `fraction`.
+    candidates = [(max(1, round(m * (1 - fraction) / (n * fraction))), 1)]
+    candidates.append((1, max(1, round(n * fraction / (m * (1 - fraction))))))
+    main_repeats, extra_repeats = min(
+        candidates, key=lambda c: abs(m * c[1] / (n * c[0] + m * c[1]) - fraction)
+    )
+    return MixedSource([(main, main_repeats), (extra, extra_repeats)])
+
+
 def synthetic_frames(
     config_name: str = "tiny", data_dir: image_io.PathLike | None = None
 ) -> TfdsVideoSource:

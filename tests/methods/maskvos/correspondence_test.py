@@ -144,6 +144,12 @@ def test_configs_and_bad_fields():
     assert (r50.batch_size, r50.data.clip_len, r50.data.crop) == (16, 5, 256)
     assert (r50.optim.lr, r50.optim.b1, r50.optim.weight_decay) == (1e-4, 0.5, 5e-4)
     assert r50.eval.propagation.preset == "crw"
+    # The epoch-based fields follow steps_per_epoch (YouTube-VOS by default).
+    assert (r50.num_train_steps, r50.optim.step_every) == (500 * 5911, 100 * 5911)
+    r50.steps_per_epoch = 130
+    assert (r50.num_train_steps, r50.optim.step_every, r50.eval_every_steps) == (65000, 13000, 1300)
+    r50.optim.step_every = 7  # still overridable on its own
+    assert (r50.num_train_steps, r50.optim.step_every) == (65000, 7)
     smoke = corr_r18.get_config("smoke")
     assert smoke.batch_size % 8 == 0 and smoke.num_train_steps == 2 and smoke.data.path == ""
     with pytest.raises(ValueError, match="config argument"):

@@ -138,6 +138,8 @@ class Correspondence:
       config: the whole config (`configs/maskvos/corr_r18.py`); `loss_fn` reads `config.loss`.
     """
 
+    fp32_inputs = ("affine",)  # pixel coordinates: bf16 would round them by up to 1 pixel
+
     def __init__(self, config: ml_collections.ConfigDict):
         loss = config.loss
         if loss.short_term not in SHORT_TERM_MODES:
