@@ -31,9 +31,10 @@ def normalize_frames(frames: jax.Array) -> jax.Array:
     return (x - jnp.asarray(IMAGENET_MEAN)) / jnp.asarray(IMAGENET_STD)
 
 
-def _conv1x1(
+def conv1x1(
     in_features: int, out_features: int, *, bias: bool, dtype: resnet.Dtype, rngs: nnx.Rngs
 ) -> nnx.Conv:
+    """A 1x1 convolution with PyTorch-style (Kaiming fan-out) initialisation."""
     return nnx.Conv(
         in_features,
         out_features,
@@ -96,11 +97,11 @@ class MaskVOSEncoder(nnx.Module):
             output_stride=output_stride, num_stages=3, norm=norm, dtype=dtype, rngs=rngs
         )
         kw = {"dtype": dtype, "rngs": rngs}
-        self.down_conv = _conv1x1(self.backbone.num_features, embed_dim, bias=False, **kw)
+        self.down_conv = conv1x1(self.backbone.num_features, embed_dim, bias=False, **kw)
         self.down_norm = _batch_norm(embed_dim, **kw)
-        self.key_conv1 = _conv1x1(embed_dim, embed_dim, bias=False, **kw)
+        self.key_conv1 = conv1x1(embed_dim, embed_dim, bias=False, **kw)
         self.key_norm = _batch_norm(embed_dim, **kw)
-        self.key_conv2 = _conv1x1(embed_dim, key_dim, bias=True, **kw)
+        self.key_conv2 = conv1x1(embed_dim, key_dim, bias=True, **kw)
         self.output_stride = output_stride
         self.key_dim = key_dim
 
