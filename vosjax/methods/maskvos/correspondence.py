@@ -131,6 +131,78 @@ def partner_frames(frame_indices: jax.Array) -> tuple[jax.Array, jax.Array, jax.
     return near, far, jnp.max(gaps, axis=1)
 
 
+def correspondence_terms(
+    cfg: ml_collections.ConfigDict,
+    clip_keys: jax.Array,
+    view_keys: jax.Array,
+    affine: jax.Array,
+    frame_indices: jax.Array | None,
+    image_size: tuple[int, int],
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """The weighted correspondence losses from E's keys (shared with the full Mask-VOS method).
+
+    Args:
+      cfg: `config.loss`.
+      clip_keys: [B, T, h, w, D] keys of the clip's frames.
+      view_keys: [B, h, w, D] keys of the affine view of frame 0.
+      affine: [B, 2, 3] view pixel -> frame-0 pixel.
+      frame_indices: int [B, T] video frame index of each clip frame, or None (consecutive).
+      image_size: (S, S), the frames' size.
+
+    Returns:
+      (scalar loss, {'short_loss', 'short_acc', 'long_loss', 'long_acc', 'long_fraction',
+      ['temp_loss', 'temp_acc']}).
+    """
+    b, t = clip_keys.shape[:2]
+    # Matrices in pixel units need fp32 even when the trainer casts floating inputs to bf16.
+    affine = affine.astype(jnp.float32)
+    if frame_indices is None:
+        frame_indices = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+    reference = clip_keys[:, 0]
+    near, far, far_gap = partner_frames(frame_indices)
+    partner = reference if cfg.short_term == "cross_key" else _select_frame(clip_keys, near)
+    short, short_acc = correspondence_losses.equivariance_loss(
+        view_keys,
+        partner,
+        affine,
+        image_size,
+        grid_size=cfg.grid_size,
+        temperature=cfg.temperature,
+    )
+    long_ok = (far_gap >= cfg.long_min_gap).astype(jnp.float32)
+    long, long_acc = correspondence_losses.long_term_loss(
+        _select_frame(clip_keys, far),
+        view_keys,
+        reference,
+        affine,
+        image_size,
+        grid_size=cfg.grid_size,
+        temperature=cfg.temperature,
+        affinity_temperature=cfg.affinity_temperature,
+        weights=long_ok,
+    )
+    total = cfg.short_weight * short + cfg.long_weight * long
+    aux = {
+        "short_loss": short,
+        "short_acc": short_acc,
+        "long_loss": long,
+        "long_acc": long_acc,
+        "long_fraction": jnp.mean(long_ok),
+    }
+    if cfg.temp_weight > 0:
+        others = clip_keys[:, 1:]
+        temp, temp_acc = correspondence_losses.anchor_loss(
+            reference,
+            others,
+            others,
+            grid_size=cfg.temp_grid_size,
+            temperature=cfg.temp_temperature,
+        )
+        total = total + cfg.temp_weight * temp
+        aux |= {"temp_loss": temp, "temp_acc": temp_acc}
+    return total, aux
+
+
 class Correspondence:
     """The method: `build_model`, `loss_fn`, `make_segmenter` for `vosjax.train`.
 
@@ -185,64 +257,19 @@ class Correspondence:
           ['temp_loss', 'temp_acc']}).
         """
         del rng, step  # the augmentations come with the batch
-        cfg = self.config.loss
-        video, view = batch["video"], batch["view"]
-        b, t, height, width, _ = video.shape
-        image_size = (height, width)
-        # Matrices in pixel units need fp32 even when the trainer casts floating inputs to bf16.
-        affine = batch["affine"].astype(jnp.float32)
-        frame_indices = batch.get("frame_indices")
-        if frame_indices is None:
-            frame_indices = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
-        frames = jnp.concatenate([video.reshape(b * t, height, width, 3), view], axis=0)
+        video = batch["video"]
+        b, t = video.shape[:2]
+        frames = jnp.concatenate([video.reshape(b * t, *video.shape[2:]), batch["view"]], axis=0)
         keys = model(encoder_lib.normalize_frames(frames), train=True)["key"]
         keys = keys.astype(jnp.float32)
-        clip_keys = keys[: b * t].reshape(b, t, *keys.shape[1:])
-        view_keys = keys[b * t :]
-        reference = clip_keys[:, 0]
-        near, far, far_gap = partner_frames(frame_indices)
-
-        partner = reference if cfg.short_term == "cross_key" else _select_frame(clip_keys, near)
-        short, short_acc = correspondence_losses.equivariance_loss(
-            view_keys,
-            partner,
-            affine,
-            image_size,
-            grid_size=cfg.grid_size,
-            temperature=cfg.temperature,
+        return correspondence_terms(
+            self.config.loss,
+            keys[: b * t].reshape(b, t, *keys.shape[1:]),
+            keys[b * t :],
+            batch["affine"],
+            batch.get("frame_indices"),
+            video.shape[2:4],
         )
-        long_ok = (far_gap >= cfg.long_min_gap).astype(jnp.float32)
-        long, long_acc = correspondence_losses.long_term_loss(
-            _select_frame(clip_keys, far),
-            view_keys,
-            reference,
-            affine,
-            image_size,
-            grid_size=cfg.grid_size,
-            temperature=cfg.temperature,
-            affinity_temperature=cfg.affinity_temperature,
-            weights=long_ok,
-        )
-        total = cfg.short_weight * short + cfg.long_weight * long
-        aux = {
-            "short_loss": short,
-            "short_acc": short_acc,
-            "long_loss": long,
-            "long_acc": long_acc,
-            "long_fraction": jnp.mean(long_ok),
-        }
-        if cfg.temp_weight > 0:
-            others = clip_keys[:, 1:]
-            temp, temp_acc = correspondence_losses.anchor_loss(
-                reference,
-                others,
-                others,
-                grid_size=cfg.temp_grid_size,
-                temperature=cfg.temp_temperature,
-            )
-            total = total + cfg.temp_weight * temp
-            aux |= {"temp_loss": temp, "temp_acc": temp_acc}
-        return total, aux
 
     def make_segmenter(self, model: encoder_lib.MaskVOSEncoder) -> evaluate.PropagationSegmenter:
         """Label propagation (`config.eval.propagation`, the 'crw' preset) over E's keys."""

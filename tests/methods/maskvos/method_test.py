@@ -1,0 +1,84 @@
+"""The full Mask-VOS method: one sharded training step of L_seg + L_short + L_long."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from configs.maskvos import corr_r18
+from vosjax import sharding, train
+from vosjax.methods.maskvos import correspondence, method
+
+
+def _config(**loss):
+    config = corr_r18.get_config("smoke")
+    method.add_config_fields(config, smoke=True)
+    config.loss.update(loss)
+    return config
+
+
+def _batch(config, seed=0):
+    rng = np.random.default_rng(seed)
+    b, t, s = config.batch_size, config.data.clip_len, config.data.crop
+    labels = np.zeros((b, t, s // 8, s // 8), np.uint8)
+    labels[:, :, : s // 16] = 1
+    labels[:, :, s // 16 :, : s // 16] = 2
+    affine = np.tile(np.array([[0.5, 0, 8], [0, 0.5, 8]], np.float32), (b, 1, 1))
+    return {
+        "video": rng.integers(0, 256, (b, t, s, s, 3), dtype=np.uint8),
+        "view": rng.integers(0, 256, (b, s, s, 3), dtype=np.uint8),
+        "affine": affine,
+        "labels": labels,
+        "num_objects": np.full((b,), 2, np.int32),
+        "frame_indices": np.tile(np.arange(t, dtype=np.int32) * 2, (b, 1)),
+    }
+
+
+def test_one_sharded_step_of_the_full_loss():
+    config = _config()
+    trainer = train.Trainer(config, method.MaskVOS(config))
+    state = trainer.init_state()
+    batch = sharding.shard_batch(_batch(config), trainer.mesh)
+    old_params = jax.tree.map(np.asarray, state.params)  # the step donates `state`
+    assert len(batch["labels"].sharding.device_set) == 8
+    new_state, step_metrics = trainer.train_step(state, batch, trainer.train_rng)
+    values = step_metrics.compute()
+    assert int(new_state.nonfinite_total) == 0
+    expected = values["short_loss"] + values["long_loss"] + values["seg_loss"]
+    np.testing.assert_allclose(values["loss"], expected, rtol=1e-5)
+    # Three classes, untrained: L_seg near log 3, not degenerate.
+    assert 0.3 < float(values["seg_loss"]) < 5.0
+    assert float(values["seg_objects"]) == 2.0
+    # Both E and (V, D) were updated.
+    for path in (("encoder", "key_conv2", "kernel"), ("head", "decoder")):
+        old, new = old_params, new_state.params
+        for key in path:
+            old, new = old[key], new[key]
+        changed = [
+            not np.array_equal(np.asarray(a), np.asarray(b))
+            for a, b in zip(jax.tree.leaves(old), jax.tree.leaves(new), strict=True)
+        ]
+        assert any(changed), path
+
+
+def test_without_seg_it_is_the_correspondence_loss():
+    config = _config(seg_weight=0.0)
+    full = method.MaskVOS(config)
+    model = full.build_model(config, nnx.Rngs(0))
+    batch = jax.tree.map(jnp.asarray, _batch(config, seed=1))
+    loss, aux = full.loss_fn(model, batch, jax.random.key(0), jnp.int32(0))
+    corr_loss, _ = correspondence.Correspondence(config).loss_fn(
+        model.encoder, batch, jax.random.key(0), jnp.int32(0)
+    )
+    np.testing.assert_allclose(float(loss), float(corr_loss), rtol=1e-5)
+    assert float(aux["seg_loss"]) > 0  # computed, weighted 0
+
+
+def test_bad_fields_are_named():
+    with pytest.raises(ValueError, match="config.loss.seg_queries=3"):
+        method.MaskVOS(_config(seg_queries=3))
+    with pytest.raises(ValueError, match="config.loss.coarse='hard'"):
+        method.MaskVOS(_config(coarse="hard"))
+    with pytest.raises(ValueError, match="config.loss.seg_weight=-1"):
+        method.MaskVOS(_config(seg_weight=-1.0))

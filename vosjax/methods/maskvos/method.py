@@ -1,0 +1,136 @@
+"""Mask-VOS, the full method: E + (V, D) trained with L_seg + L_short + L_long (paper, sec. 3).
+
+Batch layout (`mask_data.MaskTwoViewTransform` + the grain pipeline, B examples):
+  'video'        uint8   [B, T, S, S, 3]   the clip;
+  'view'         uint8   [B, S, S, 3]      an affine view of frame 0;
+  'affine'       float32 [B, 2, 3]         view pixel -> frame-0 pixel;
+  'labels'       uint8   [B, T, S/8, S/8]  pseudo masks: 0 background, 1..K sampled clusters;
+  'num_objects'  int32   [B]               objects sampled in each clip (<= K);
+  'frame_indices' int32  [B, T]            (optional) video frame index of each clip frame.
+
+E runs once over the clip and the view; its keys feed the correspondence terms
+(`correspondence.correspondence_terms`) and, with res4 / f3 / f2, the segmentation term
+(`segmentation.segmentation_loss`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from flax import nnx
+
+from vosjax.methods.maskvos import correspondence, mask_data, mask_model, segmentation
+from vosjax.methods.maskvos import encoder as encoder_lib
+
+
+class MaskVOSModel(nnx.Module):
+    """The trained modules: `encoder` (E) and `head` (V and D)."""
+
+    def __init__(self, encoder: encoder_lib.MaskVOSEncoder, head: mask_model.MaskHead):
+        self.encoder = encoder
+        self.head = head
+
+
+def add_config_fields(config: ml_collections.ConfigDict, smoke: bool = False) -> None:
+    """Adds the fields of the full method to a correspondence config (`configs/maskvos/corr_*`).
+
+    `config.model`: value_dim, decoder_widths, mask_backbone (V's ResNet);
+    `config.loss`: seg_weight, seg_queries (query frames, teacher forcing), seg_temperature,
+    coarse ('soft' paper / 'argmax' code); `config.data`: num_objects, min_object_fraction.
+    """
+    config.model.mask_backbone = config.model.backbone
+    config.model.value_dim = 32 if smoke else 512
+    config.model.decoder_widths = (32, 16, 8) if smoke else (512, 256, 128)
+    config.loss.seg_weight = 1.0
+    config.loss.seg_queries = 2  # the released code's frames 1 and 2
+    config.loss.seg_temperature = 0.05
+    config.loss.coarse = "soft"
+    config.data.num_objects = 2
+    config.data.min_object_fraction = 0.05
+
+
+class MaskVOS:
+    """The method for `vosjax.train`: `build_model`, `loss_fn`, `make_transform`.
+
+    Args:
+      config: a correspondence config with `add_config_fields` applied.
+    """
+
+    fp32_inputs = ("affine",)
+
+    def __init__(self, config: ml_collections.ConfigDict):
+        self.correspondence = correspondence.Correspondence(config)  # validates config.loss
+        loss = config.loss
+        if loss.seg_weight < 0:
+            raise ValueError(f"config.loss.seg_weight={loss.seg_weight}; expected >= 0")
+        if loss.coarse not in segmentation.COARSE_MODES:
+            raise ValueError(
+                f"config.loss.coarse={loss.coarse!r}; expected one of {segmentation.COARSE_MODES}"
+            )
+        if not 1 <= loss.seg_queries <= config.data.clip_len - 1:
+            raise ValueError(
+                f"config.loss.seg_queries={loss.seg_queries}; expected 1..clip_len - 1 = "
+                f"{config.data.clip_len - 1}"
+            )
+        self.config = config
+
+    def build_model(self, config: ml_collections.ConfigDict, rngs: nnx.Rngs) -> MaskVOSModel:
+        """E as in the correspondence method, plus V and D sized by `config.model`."""
+        encoder = self.correspondence.build_model(config, rngs)
+        model = config.model
+        head = mask_model.MaskHead(
+            model.mask_backbone,
+            encoder_backbone=model.backbone,
+            embed_dim=model.embed_dim,
+            value_dim=model.value_dim,
+            decoder_widths=tuple(model.decoder_widths),
+            norm=model.norm,
+            rngs=rngs,
+        )
+        return MaskVOSModel(encoder, head)
+
+    def make_transform(self) -> mask_data.MaskTwoViewTransform:
+        """Clip + view + affine + sampled pseudo-mask objects."""
+        return mask_data.make_transform(self.config.data)
+
+    def loss_fn(
+        self, model: MaskVOSModel, batch: dict[str, jax.Array], rng: jax.Array, step: jax.Array
+    ) -> tuple[jax.Array, dict[str, Any]]:
+        """seg_weight * L_seg + the correspondence terms.
+
+        Returns:
+          (scalar loss, the correspondence metrics + 'seg_loss', 'seg_acc', 'seg_objects').
+        """
+        del rng, step
+        cfg = self.config.loss
+        video = batch["video"]
+        b, t = video.shape[:2]
+        frames = jnp.concatenate([video.reshape(b * t, *video.shape[2:]), batch["view"]], axis=0)
+        frames = encoder_lib.normalize_frames(frames)
+        outputs = model.encoder(frames, train=True)
+        keys = outputs["key"].astype(jnp.float32)
+        corr, aux = correspondence.correspondence_terms(
+            cfg,
+            keys[: b * t].reshape(b, t, *keys.shape[1:]),
+            keys[b * t :],
+            batch["affine"],
+            batch.get("frame_indices"),
+            video.shape[2:4],
+        )
+        clip = {name: x[: b * t].reshape(b, t, *x.shape[1:]) for name, x in outputs.items()}
+        seg, seg_aux = segmentation.segmentation_loss(
+            model.head,
+            frames[: b * t].reshape(b, t, *frames.shape[1:]),
+            clip,
+            batch["labels"].astype(jnp.int32),
+            batch["num_objects"],
+            max_objects=self.config.data.num_objects,
+            num_queries=cfg.seg_queries,
+            temperature=cfg.seg_temperature,
+            coarse=cfg.coarse,
+            train=True,
+        )
+        return corr + cfg.seg_weight * seg, aux | seg_aux
