@@ -25,7 +25,15 @@ def _main(tmp_path, *args):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("config", ["configs/maskvos/corr_r18.py", "configs/maskvos/corr_r50.py"])
+@pytest.mark.parametrize(
+    "config",
+    [
+        "configs/maskvos/corr_r18.py",
+        "configs/maskvos/corr_r50.py",
+        "configs/maskvos/r18.py",
+        "configs/maskvos/r50.py",
+    ],
+)
 def test_smoke_trains_evaluates_and_resumes(tmp_path, config):
     workdir = tmp_path / "work"
     process = _main(tmp_path, f"--config={config}:smoke", f"--workdir={workdir}")
@@ -38,8 +46,15 @@ def test_smoke_trains_evaluates_and_resumes(tmp_path, config):
     assert 0.0 <= results["J&F-Mean"] <= 1.0
     assert len(results["per_object"]) > 0
     assert list(workdir.glob("events.out.tfevents.*"))
-    if config.endswith("r50.py"):
-        return  # resuming and evaluating are the same code for both; r18 is cheaper.
+    if config.endswith("/r18.py") or config.endswith("/r50.py"):
+        # The full method: correspondence only at step 0, pseudo masks made at step 1 (one set
+        # per training video), evaluated by mask decoding.
+        assert "Round starting at step 1" in process.stderr
+        masks = workdir / "pseudo_masks" / "step_1"
+        assert (masks / "meta.json").is_file()
+        assert len([p for p in masks.iterdir() if p.is_dir()]) == 4
+    if config.endswith("r50.py") or config.endswith("/r18.py"):
+        return  # resuming and evaluating are the same code for all; corr_r18 is cheapest.
 
     # The same command with a longer schedule resumes at step 2, not from scratch.
     process = _main(
@@ -104,3 +119,23 @@ def test_davis_clips_mixed_with_synthetic_clips(monkeypatch, tmp_path, davis2016
     indices = np.concatenate([np.asarray(b["video_index"]) for b in batches])
     assert len(set(indices.tolist())) == 32 and ((indices >= 0) & (indices < 38)).all()
     assert 2 <= np.sum(indices >= 30) <= 8
+
+
+def test_maskvos_configs_hold_the_paper_and_code_settings():
+    from configs.maskvos import davis2016, r18
+
+    config = r18.get_config()
+    assert config.method == "maskvos" and config.batch_size == 12
+    assert config.clustering.num_clusters == 5 and config.clustering.position_dim == 24
+    # Re-clustering every 10 epochs of YouTube-VOS (94,588 frames at batch 12).
+    assert config.schedule.update_every == 10 * (94_588 // 12)
+    assert config.eval.decoding.refine_rounds == 3 and config.eval.decoding.top_k == 10
+    code = r18.get_config("code")
+    assert code.clustering.num_clusters == 7 and code.clustering.fit_every == 8
+    assert code.loss.coarse == "argmax" and code.eval.decoding.mix_coarse
+    assert tuple(code.optim.frozen) == ("encoder/backbone",)
+    davis = davis2016.get_config()
+    assert davis.data.path.endswith("DAVIS2016") and davis.data.resolution == "240p"
+    assert davis.steps_per_epoch == 2_079 // 12
+    assert davis.schedule.update_every == 10 * davis.steps_per_epoch
+    assert davis.eval.imageset == "2016/val"

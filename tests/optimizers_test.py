@@ -100,3 +100,26 @@ def test_sgd_bias_group_and_clipping():
     np.testing.assert_allclose(updates["conv"]["kernel"], [-0.16], rtol=1e-6)
     np.testing.assert_allclose(updates["conv"]["bias"], [-0.16], rtol=1e-6)
     assert optimizers.bias_labels(params) == {"conv": {"kernel": "default", "bias": "bias"}}
+
+
+def test_frozen_prefixes_get_zero_updates():
+    params = {
+        "encoder": {"backbone": {"w": jnp.ones((2,))}, "head": {"w": jnp.ones((2,))}},
+        "decoder": {"w": jnp.ones((2,))},
+    }
+    optim = optimizers.default_config()
+    optim.lr = 0.1
+    optim.frozen = ("encoder/backbone",)
+    tx = optimizers.make_optimizer(optim, 10)
+    grads = {
+        "encoder": {"backbone": {"w": jnp.ones((2,))}, "head": {"w": jnp.ones((2,))}},
+        "decoder": {"w": jnp.ones((2,))},
+    }
+    updates, _ = tx.update(grads, tx.init(params), params)
+    np.testing.assert_array_equal(updates["encoder"]["backbone"]["w"], [0.0, 0.0])
+    # Adam's first step moves every trained parameter by -lr.
+    np.testing.assert_allclose(updates["encoder"]["head"]["w"], [-0.1, -0.1], rtol=1e-5)
+    np.testing.assert_allclose(updates["decoder"]["w"], [-0.1, -0.1], rtol=1e-5)
+    optim.frozen = ("encoder/backbon",)
+    with pytest.raises(ValueError, match="config.optim.frozen: 'encoder/backbon'"):
+        optimizers.make_optimizer(optim, 10).init(params)

@@ -265,3 +265,49 @@ def test_two_processes_match_one_process(tmp_path, reference_run):
         for a, b in zip(params, reference_run, strict=True):
             # Cross-process reductions may sum in another order: equal up to float rounding.
             np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+class _Wrapped(nnx.Module):
+    def __init__(self, rngs: nnx.Rngs):
+        self.inner = toy_method.ToyNet(rngs)
+        self.extra = nnx.Linear(2, 3, rngs=rngs)
+
+
+class _WrappedMethod(toy_method.ToyMethod):
+    def build_model(self, config, rngs):
+        del config
+        return _Wrapped(rngs)
+
+
+def test_init_from_another_run_fills_one_submodule(tmp_path):
+    source = _run(tmp_path / "source", 2, checkpoint_every_steps=1, async_checkpoints=False)
+    config = toy_method.config(2)
+    config.seed = 7  # another initialisation, so that copied values are recognisable
+    config.init_from.update({"workdir": str(tmp_path / "source"), "step": 2, "into": "inner"})
+    trainer = train.Trainer(config, _WrappedMethod())
+    fresh = trainer.init_state()
+    fresh_extra = np.asarray(fresh.params["extra"]["kernel"][...])
+    fresh_inner = np.asarray(fresh.params["inner"]["conv1"]["kernel"][...])
+    state = train.init_from_checkpoint(config, trainer, fresh)
+    np.testing.assert_array_equal(
+        np.asarray(state.params["inner"]["conv1"]["kernel"][...]),
+        np.asarray(source.params["conv1"]["kernel"][...]),
+    )
+    assert not np.array_equal(fresh_inner, np.asarray(source.params["conv1"]["kernel"][...]))
+    # BatchNorm statistics and the EMA teacher (not Params) come along.
+    np.testing.assert_array_equal(
+        np.asarray(state.model_state["inner"]["norm"]["mean"][...]),
+        np.asarray(source.model_state["norm"]["mean"][...]),
+    )
+    np.testing.assert_array_equal(
+        np.asarray(state.model_state["inner"]["teacher"][...]),
+        np.asarray(source.model_state["teacher"][...]),
+    )
+    np.testing.assert_array_equal(np.asarray(state.params["extra"]["kernel"][...]), fresh_extra)
+
+    config.init_from.into = "missing"
+    with pytest.raises(ValueError, match="config.init_from.into='missing'"):
+        train.init_from_checkpoint(config, trainer, trainer.init_state())
+    config.init_from.into = ""  # the whole wrapped model: the source has no 'extra'
+    with pytest.raises(ValueError, match="has no param"):
+        train.init_from_checkpoint(config, trainer, trainer.init_state())

@@ -186,6 +186,44 @@ class Checkpointer:
         logging.info("Restored step %d from %s", step, self.directory)
         return restored["state"], step
 
+    def restore_data(self, step: int, data_iterator: StatefulIterator) -> None:
+        """Sets `data_iterator` to the position saved with `step` (the model state untouched).
+
+        Raises:
+          FileNotFoundError: naming the directory when there is no such checkpoint.
+        """
+        if step not in self.all_steps():
+            raise FileNotFoundError(
+                f"{self.directory}: no checkpoint of step {step}; saved steps are "
+                f"{self.all_steps()}"
+            )
+        self._manager.restore(
+            step,
+            args=ocp.args.Composite(
+                data=grain.checkpoint.CheckpointRestore(_for_grain_handler(data_iterator))
+            ),
+        )
+
+    def restore_raw(self, step: int | None = None) -> tuple[Any, int]:
+        """The saved state of a step (default: the latest) as nested dicts of host arrays.
+
+        For initialising another model from this run (`vosjax.train.init_from_checkpoint`):
+        no target structure is needed.
+
+        Raises:
+          FileNotFoundError: naming the directory when there is no such checkpoint.
+        """
+        steps = self.all_steps()
+        step = self.latest_step() if step is None else step
+        if step is None or step not in steps:
+            raise FileNotFoundError(
+                f"{self.directory}: no checkpoint of step {step}; saved steps are {steps}"
+            )
+        restored = self._manager.restore(
+            step, args=ocp.args.Composite(state=ocp.args.StandardRestore())
+        )
+        return restored["state"], step
+
     def wait_until_finished(self) -> None:
         """Blocks until asynchronous writes are on disk."""
         self._manager.wait_until_finished()

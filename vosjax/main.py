@@ -2,6 +2,7 @@
 
 python -m vosjax.main --config=configs/maskvos/corr_r18.py --workdir=W
 python -m vosjax.main --config=configs/maskvos/corr_r18.py --workdir=W --mode=eval [--step=N]
+python -m vosjax.main --config=configs/maskvos/r18.py --workdir=W   (clustering rounds inside)
 """
 
 from __future__ import annotations
@@ -27,12 +28,19 @@ def build_method(config: ml_collections.ConfigDict) -> train.Method:
         from vosjax.methods.maskvos import correspondence
 
         return correspondence.Correspondence(config)
-    raise ValueError(f"config.method={config.method!r}; expected 'maskvos_correspondence'")
+    if config.method == "maskvos":
+        from vosjax.methods.maskvos import method
+
+        return method.MaskVOS(config)
+    raise ValueError(f"config.method={config.method!r}; expected one of {METHODS}")
 
 
-def data_iterator_factory(config: ml_collections.ConfigDict, method: train.Method):
-    """Per-host batch size -> this host's checkpointable iterator of training batches."""
-    from vosjax.data import clip_sampling, clip_sources, pipeline
+METHODS = ("maskvos_correspondence", "maskvos")
+
+
+def training_source(config: ml_collections.ConfigDict):
+    """The training videos of `config.data` (path, or the synthetic default; synthetic_mix)."""
+    from vosjax.data import clip_sources
 
     data = config.data
     if data.path and not data.path.startswith("tfds:") and not pathlib.Path(data.path).exists():
@@ -60,12 +68,27 @@ def data_iterator_factory(config: ml_collections.ConfigDict, method: train.Metho
             len(synthetic),
             [round(f, 3) for f in source.fractions()],
         )
-    sampler = clip_sampling.ClipSampler(
+    return source
+
+
+def clip_sampler(config: ml_collections.ConfigDict):
+    """How clips are drawn from a video (`config.data`)."""
+    from vosjax.data import clip_sampling
+
+    data = config.data
+    return clip_sampling.ClipSampler(
         num_frames=data.clip_len,
         frame_gap=data.frame_gap,
         mode=data.sample_mode,
         permute=data.permute,
     )
+
+
+def data_iterator_factory(config: ml_collections.ConfigDict, method: train.Method):
+    """Per-host batch size -> this host's checkpointable iterator of training batches."""
+    from vosjax.data import pipeline
+
+    source, sampler = training_source(config), clip_sampler(config)
 
     def factory(host_batch_size: int):
         del host_batch_size  # make_train_iterator splits the global batch per host itself.
@@ -75,10 +98,22 @@ def data_iterator_factory(config: ml_collections.ConfigDict, method: train.Metho
             transform=method.make_transform(),
             global_batch_size=config.batch_size,
             seed=config.seed,
-            num_workers=data.num_workers,
+            num_workers=config.data.num_workers,
         )
 
     return factory
+
+
+def data_rounds(config: ml_collections.ConfigDict, workdir: str) -> train.DataRounds | None:
+    """The training rounds of a method whose data depend on the model (Mask-VOS), else None."""
+    if config.method != "maskvos":
+        return None
+    from vosjax.methods.maskvos import schedule
+
+    cache_dir = config.schedule.cache_dir or pathlib.Path(workdir) / "pseudo_masks"
+    return schedule.PseudoMaskRounds(
+        config, training_source(config), clip_sampler(config), cache_dir
+    )
 
 
 def eval_fn(config: ml_collections.ConfigDict, method: train.Method, workdir: str):
@@ -100,12 +135,14 @@ def main(argv: Sequence[str]) -> None:
     config, workdir = _CONFIG.value, _WORKDIR.value
     method = build_method(config)
     if _MODE.value == "train":
+        rounds = data_rounds(config, workdir)
         train.train_and_evaluate(
             config,
             workdir,
             method,
-            data_iterator_factory(config, method),
+            None if rounds else data_iterator_factory(config, method),
             eval_fn(config, method, workdir),
+            rounds=rounds,
         )
     else:
         evaluate_fn = eval_fn(config, method, workdir)

@@ -15,6 +15,9 @@ Fields of `config.optim` (defaults in `default_config()`):
   grad_clip_norm: clip gradients by global norm first (0 disables).
   bias_lr_mult, bias_no_weight_decay: parameter groups; parameters named 'bias' get
     `bias_lr_mult` x the lr and, if set, no weight decay (as Mask-VOS's code).
+  frozen: parameter path prefixes ('encoder/backbone': every parameter under
+    model.encoder.backbone) whose updates are zero (Mask-VOS's released mask stage freezes the
+    backbone).
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ def default_config() -> ml_collections.ConfigDict:
             "grad_clip_norm": 0.0,
             "bias_lr_mult": 1.0,
             "bias_no_weight_decay": False,
+            "frozen": (),  # parameter path prefixes ('encoder/backbone') that never change
         }
     )
 
@@ -117,6 +121,34 @@ def bias_labels(params: Any) -> Any:
     )
 
 
+def param_path(path: tuple[Any, ...]) -> str:
+    """'encoder/backbone/conv1/kernel' for a pytree path of an nnx parameter state."""
+    names = [getattr(k, "key", getattr(k, "name", getattr(k, "idx", None))) for k in path]
+    return "/".join(str(n) for n in names if n != "value")
+
+
+def frozen_labels(params: Any, prefixes: Any) -> Any:
+    """'frozen' for parameters under one of `prefixes`, 'trained' for the others.
+
+    Raises:
+      ValueError: a prefix that matches no parameter (named as config.optim.frozen).
+    """
+    prefixes = [p.strip("/") for p in prefixes]
+    paths = [param_path(path) for path, _ in jax.tree_util.tree_leaves_with_path(params)]
+    for prefix in prefixes:
+        if not any(p == prefix or p.startswith(prefix + "/") for p in paths):
+            raise ValueError(
+                f"config.optim.frozen: {prefix!r} matches no parameter (e.g. {paths[:3]})"
+            )
+
+    def label(path: tuple[Any, ...], _: Any) -> str:
+        name = param_path(path)
+        frozen = any(name == p or name.startswith(p + "/") for p in prefixes)
+        return "frozen" if frozen else "trained"
+
+    return jax.tree_util.tree_map_with_path(label, params)
+
+
 def _base_optimizer(
     optim: ml_collections.ConfigDict,
     learning_rate: optax.Schedule,
@@ -169,6 +201,12 @@ def make_optimizer(
         tx = optax.multi_transform(
             {"default": _base_optimizer(optim, schedule, weight_decay), "bias": bias_tx},
             bias_labels,
+        )
+    frozen = tuple(optim.get("frozen", ()))
+    if frozen:
+        tx = optax.multi_transform(
+            {"trained": tx, "frozen": optax.set_to_zero()},
+            lambda params: frozen_labels(params, frozen),
         )
     clip = float(optim.get("grad_clip_norm", 0.0))
     if clip > 0:

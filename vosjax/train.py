@@ -50,6 +50,29 @@ class Method(Protocol):
         """(scalar loss, aux scalar metrics); may update non-Param variables in place."""
 
 
+class DataRounds(Protocol):
+    """Training in rounds whose data depend on the model (Mask-VOS: pseudo masks re-clustered
+    with the current encoder at the start of every round).
+
+    Attributes:
+      starts: first step of every round, increasing, starting with 0.
+    """
+
+    starts: Sequence[int]
+
+    def prepare(
+        self, model: nnx.Module, round_start: int, step: int
+    ) -> Callable[[int], Iterator[Any]]:
+        """What round `round_start` needs (made with `model`, the state at `step`; `step` is
+        later than `round_start` only when a resumed run finds the round's data missing) ->
+        its data iterator factory (per-host batch size -> iterator)."""
+
+
+def round_start(starts: Sequence[int], step: int) -> int:
+    """The first step of the round that holds `step`."""
+    return max(s for s in starts if s <= step)
+
+
 # eval_fn(model, step) -> (scalar summaries, images name -> uint8 [H, W, 3]).
 EvalFn = Callable[[nnx.Module, int], tuple[Mapping[str, float], Mapping[str, np.ndarray]]]
 
@@ -72,6 +95,10 @@ def default_config() -> ml_collections.ConfigDict:
     # Profiling on request: a trace of `num_steps` steps from `first_step` (and then every
     # `every_steps`, 0: once) in `workdir/plugins/profile`, for TensorBoard's profile tab.
     config.profile = {"enabled": False, "first_step": 10, "num_steps": 5, "every_steps": 0}
+    # Start a fresh run from another run's checkpoint (e.g. Mask-VOS's encoder from a
+    # correspondence run): `workdir`'s step (-1: latest) params and variables go into the
+    # sub-module at `into` ('' = the whole model; 'encoder' = model.encoder). Ignored on resume.
+    config.init_from = {"workdir": "", "step": -1, "into": ""}
     config.distributed = {
         "enabled": False,
         "coordinator_address": "",
@@ -338,12 +365,104 @@ def _evaluate(
     return scalars
 
 
+def _flat_by_path(tree: Mapping[Any, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested dicts -> {'a/b/c': leaf}; a trailing 'value' key (raw nnx Variables) is dropped."""
+    out = {}
+    for key, value in tree.items():
+        path = f"{prefix}/{key}" if prefix else str(key)
+        if isinstance(value, Mapping):
+            out.update(_flat_by_path(value, path))
+        else:
+            out[path.removesuffix("/value") if path.endswith("/value") else path] = value
+    return out
+
+
+def _fill_from(
+    target: Any, source: Mapping[Any, Any], into: str, what: str, origin: str
+) -> tuple[Any, int]:
+    """`target` (an nnx.State) with the sub-tree at `into` taken from `source` (raw dicts)."""
+    pure = nnx.to_pure_dict(target)
+    sub = pure
+    for key in [k for k in into.split("/") if k]:
+        if key not in sub:
+            raise ValueError(
+                f"config.init_from.into={into!r}: the model has no sub-module {key!r} "
+                f"({what}: {sorted(map(str, sub))})"
+            )
+        sub = sub[key]
+    wanted = _flat_by_path(sub)
+    given = _flat_by_path(source)
+    missing = sorted(set(wanted) - set(given))
+    if missing:
+        raise ValueError(
+            f"config.init_from: {origin} has no {what} {missing[:5]} (of {len(missing)} "
+            f"missing) for config.init_from.into={into!r}"
+        )
+    for path, value in wanted.items():
+        if tuple(np.shape(given[path])) != tuple(np.shape(value)):
+            raise ValueError(
+                f"config.init_from: {what} {path} of {origin} has shape "
+                f"{np.shape(given[path])}; the model expects {np.shape(value)}"
+            )
+
+    def fill(node: dict, prefix: str) -> dict:
+        return {
+            k: fill(v, f"{prefix}/{k}" if prefix else str(k))
+            if isinstance(v, dict)
+            else jnp.asarray(given[f"{prefix}/{k}" if prefix else str(k)], v.dtype)
+            for k, v in node.items()
+        }
+
+    filled = fill(sub, "")
+    if into.strip("/"):
+        parent = pure
+        *head, last = [k for k in into.split("/") if k]
+        for key in head:
+            parent = parent[key]
+        parent[last] = filled
+    else:
+        pure = filled
+    nnx.replace_by_pure_dict(target, pure)
+    return target, len(wanted)
+
+
+def init_from_checkpoint(
+    config: ml_collections.ConfigDict, trainer: Trainer, state: TrainState
+) -> TrainState:
+    """`state` with `config.init_from`'s parameters and variables (fresh optimiser state).
+
+    Raises:
+      FileNotFoundError: `config.init_from.workdir` holds no such checkpoint.
+      ValueError: a parameter is missing or has another shape (named).
+    """
+    init = config.init_from
+    origin = pathlib.Path(init.workdir) / "checkpoints"
+    with checkpointing.Checkpointer(origin, handle_sigterm=False) as other:
+        raw, step = other.restore_raw(None if init.step < 0 else init.step)
+    origin_name = f"{origin} step {step}"
+    params, n_params = _fill_from(state.params, raw["params"], init.into, "param", origin_name)
+    model_state, n_vars = _fill_from(
+        state.model_state, raw["model_state"], init.into, "variable", origin_name
+    )
+    logging.info(
+        "Initialised %s from %s: %d params, %d other variables",
+        init.into or "the model",
+        origin_name,
+        n_params,
+        n_vars,
+    )
+    state = state.replace(params=params, model_state=model_state, opt_state=trainer.tx.init(params))
+    return jax.device_put(state, trainer.state_shardings)
+
+
 def train_and_evaluate(
     config: ml_collections.ConfigDict,
     workdir: str | pathlib.Path,
     method: Method,
-    data_iterator_factory: Callable[[int], Iterator[Any]],
+    data_iterator_factory: Callable[[int], Iterator[Any]] | None,
     eval_fn: EvalFn | None = None,
+    *,
+    rounds: DataRounds | None = None,
 ) -> TrainState:
     """Trains `method` to `config.num_train_steps`, resuming from `workdir` if it holds a run.
 
@@ -355,6 +474,10 @@ def train_and_evaluate(
         of numpy arrays [B_host, ...]) with `get_state()` / `set_state()`; it is restored to the
         checkpointed position on resume.
       eval_fn: if given, called every `config.eval_every_steps` and at the end.
+      rounds: instead of `data_iterator_factory` (None then): training in rounds, each with
+        the data `rounds.prepare` makes with the model at the round's first step. A resumed
+        run prepares the round it is in (reusing what was cached) and restores the iterator's
+        position; a run resumed exactly at a round's first step starts that round.
 
     Returns:
       The final train state (at `num_train_steps`, or where SIGTERM stopped the run).
@@ -366,8 +489,11 @@ def train_and_evaluate(
     validate_config(config)
     sharding.initialize_distributed(config)
     workdir = pathlib.Path(workdir)
+    if (data_iterator_factory is None) == (rounds is None):
+        raise ValueError("train_and_evaluate: give data_iterator_factory or rounds, not both")
+    if rounds is not None and (not rounds.starts or rounds.starts[0] != 0):
+        raise ValueError(f"rounds.starts={list(rounds.starts)}: expected 0 first")
     trainer = Trainer(config, method)
-    data_iterator = data_iterator_factory(trainer.host_batch_size)
     checkpointer = checkpointing.Checkpointer(
         workdir / "checkpoints",
         max_to_keep=config.keep_checkpoints,
@@ -378,7 +504,9 @@ def train_and_evaluate(
         str(workdir), just_logging=jax.process_index() > 0
     )
     try:
-        return _loop(config, workdir, trainer, data_iterator, checkpointer, writer, eval_fn)
+        return _loop(
+            config, workdir, trainer, data_iterator_factory, rounds, checkpointer, writer, eval_fn
+        )
     finally:
         checkpointer.close()
         writer.flush()
@@ -425,17 +553,32 @@ def _loop(
     config: ml_collections.ConfigDict,
     workdir: pathlib.Path,
     trainer: Trainer,
-    data_iterator: Any,
+    data_iterator_factory: Callable[[int], Iterator[Any]] | None,
+    rounds: DataRounds | None,
     checkpointer: checkpointing.Checkpointer,
     writer: metric_writers.MetricWriter,
     eval_fn: EvalFn | None,
 ) -> TrainState:
     num_steps = int(config.num_train_steps)
-    if checkpointer.latest_step() is not None:
+    resumed = checkpointer.latest_step() is not None
+    data_iterator = None
+    if rounds is None:
+        data_iterator = data_iterator_factory(trainer.host_batch_size)
+    if resumed:
         state, step = checkpointer.restore(trainer.abstract_state, None, data_iterator)
     else:
         state, step = trainer.init_state(), 0
+        if config.init_from.workdir:
+            state = init_from_checkpoint(config, trainer, state)
         parameter_overview.log_parameter_overview(nnx.to_pure_dict(state.params))
+    current_round = None
+    if rounds is not None:
+        current_round = round_start(rounds.starts, step)
+        logging.info("Round starting at step %d (rounds start at %s)", current_round, rounds.starts)
+        factory = rounds.prepare(trainer.model(state), current_round, step)
+        data_iterator = factory(trainer.host_batch_size)
+        if resumed and step != current_round:
+            checkpointer.restore_data(step, data_iterator)
     logging.info("Training from step %d to %d", step, num_steps)
     hooks = [periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer)]
     if config.profile.enabled and jax.process_index() == 0:
@@ -454,6 +597,15 @@ def _loop(
     train_metrics = None
     skipped_total = 0  # corrupt videos the data pipeline skipped on this host since (re)start.
     while step < num_steps:
+        if rounds is not None and step in rounds.starts and step != current_round:
+            if train_metrics is not None:  # a round may log other metrics
+                writer.write_scalars(step, _flat_scalars(train_metrics.compute(), "train/"))
+                train_metrics = None
+            current_round = step
+            logging.info("Round starting at step %d", step)
+            with hooks[0].timed("prepare_round"):
+                factory = rounds.prepare(trainer.model(state), step, step)
+            data_iterator = factory(trainer.host_batch_size)
         with jax.profiler.StepTraceAnnotation("train", step_num=step):
             host_batch = next(data_iterator)
             if isinstance(host_batch, Mapping) and "skipped" in host_batch:

@@ -22,7 +22,8 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
-from vosjax.methods.maskvos import correspondence, mask_data, mask_model, segmentation
+from vosjax import evaluate
+from vosjax.methods.maskvos import correspondence, inference, mask_data, mask_model, segmentation
 from vosjax.methods.maskvos import encoder as encoder_lib
 
 
@@ -34,22 +35,76 @@ class MaskVOSModel(nnx.Module):
         self.head = head
 
 
-def add_config_fields(config: ml_collections.ConfigDict, smoke: bool = False) -> None:
+def add_config_fields(
+    config: ml_collections.ConfigDict, smoke: bool = False, code: bool = False
+) -> None:
     """Adds the fields of the full method to a correspondence config (`configs/maskvos/corr_*`).
 
     `config.model`: value_dim, decoder_widths, mask_backbone (V's ResNet);
     `config.loss`: seg_weight, seg_queries (query frames, teacher forcing), seg_temperature,
-    coarse ('soft' paper / 'argmax' code); `config.data`: num_objects, min_object_fraction.
+    coarse ('soft' paper / 'argmax' code); `config.data`: num_objects, min_object_fraction;
+    `config.clustering` (`pseudo_masks.ClusteringConfig`); `config.schedule`: warmup_steps,
+    update_every, cache_dir; `config.eval.segmenter` ('decoding' | 'propagation') and
+    `config.eval.decoding` (`inference.MaskDecodingConfig`).
+
+    Args:
+      config: a `configs/maskvos/corr_*` config, changed in place.
+      smoke: tiny widths (tests).
+      code: the released code's choices where it departs from the paper: M=7 clusters fitted on
+        every 8th frame without position encoding, argmax coarse masks in training, the
+        decoder output averaged with the coarse mask and the recent memory filled with the
+        first frame at inference.
     """
+    config.method = "maskvos"
     config.model.mask_backbone = config.model.backbone
     config.model.value_dim = 32 if smoke else 512
     config.model.decoder_widths = (32, 16, 8) if smoke else (512, 256, 128)
     config.loss.seg_weight = 1.0
     config.loss.seg_queries = 2  # the released code's frames 1 and 2
     config.loss.seg_temperature = 0.05
-    config.loss.coarse = "soft"
+    config.loss.coarse = "argmax" if code else "soft"
     config.data.num_objects = 2
     config.data.min_object_fraction = 0.05
+    config.clustering = ml_collections.ConfigDict(
+        {
+            "num_clusters": 7 if code else 5,  # M
+            "position_dim": 0 if code else 24,  # 3-D sinusoidal encoding of (x, y, t)
+            "position_weight": 1.0,
+            "fit_every": 8 if code else 1,
+            "max_iters": 50,
+            "seed": 0,
+        }
+    )
+    epoch = config.get_ref("steps_per_epoch")
+    config.schedule = ml_collections.ConfigDict(
+        {
+            # Correspondence learning only before the first clustering.
+            "warmup_steps": 1 if smoke else epoch * 10,
+            # Re-clustering period (Table 4d: every 10 epochs); 0 clusters once.
+            "update_every": 1 if smoke else epoch * 10,
+            "cache_dir": "",  # '' = <workdir>/pseudo_masks
+        }
+    )
+    config.eval.segmenter = "decoding"  # or 'propagation': E's keys with config.eval.propagation
+    config.eval.decoding = ml_collections.ConfigDict(
+        {
+            "top_k": 10,
+            "temperature": 0.05,
+            "num_recent": 5,
+            "radius": 12.0,
+            "restrict_first_frame": False,
+            "refine_rounds": 3,
+            "mix_coarse": code,
+            "pad_recent_with_first": code,
+            "short_side": 480,
+        }
+    )
+    if smoke:
+        config.eval.decoding.short_side = None
+        config.eval.decoding.refine_rounds = 1
+
+
+SEGMENTERS = ("decoding", "propagation")
 
 
 class MaskVOS:
@@ -75,6 +130,12 @@ class MaskVOS:
                 f"config.loss.seg_queries={loss.seg_queries}; expected 1..clip_len - 1 = "
                 f"{config.data.clip_len - 1}"
             )
+        if config.eval.get("segmenter", "decoding") not in SEGMENTERS:
+            raise ValueError(
+                f"config.eval.segmenter={config.eval.segmenter!r}; expected one of {SEGMENTERS}"
+            )
+        if "decoding" in config.eval:
+            inference.from_config(config.eval.decoding)  # names a bad field now, not at eval
         self.config = config
 
     def build_model(self, config: ml_collections.ConfigDict, rngs: nnx.Rngs) -> MaskVOSModel:
@@ -96,10 +157,21 @@ class MaskVOS:
         """Clip + view + affine + sampled pseudo-mask objects."""
         return mask_data.make_transform(self.config.data)
 
+    def make_segmenter(self, model: MaskVOSModel) -> evaluate.Segmenter:
+        """Mask decoding (`config.eval.decoding`), or propagation of E's keys."""
+        if self.config.eval.get("segmenter", "decoding") == "propagation":
+            return self.correspondence.make_segmenter(model.encoder)
+        return inference.MaskDecodingSegmenter.from_config(
+            model.encoder, model.head, self.config.eval.decoding
+        )
+
     def loss_fn(
         self, model: MaskVOSModel, batch: dict[str, jax.Array], rng: jax.Array, step: jax.Array
     ) -> tuple[jax.Array, dict[str, Any]]:
         """seg_weight * L_seg + the correspondence terms.
+
+        A batch without 'labels' (the correspondence-only rounds before the first clustering)
+        gives the correspondence terms alone.
 
         Returns:
           (scalar loss, the correspondence metrics + 'seg_loss', 'seg_acc', 'seg_objects').
@@ -120,6 +192,8 @@ class MaskVOS:
             batch.get("frame_indices"),
             video.shape[2:4],
         )
+        if "labels" not in batch:
+            return corr, aux
         clip = {name: x[: b * t].reshape(b, t, *x.shape[1:]) for name, x in outputs.items()}
         seg, seg_aux = segmentation.segmentation_loss(
             model.head,

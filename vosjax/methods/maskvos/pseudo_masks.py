@@ -210,7 +210,8 @@ def build(
 
     Args:
       extract_keys: uint8 frame [H, W, 3] -> keys [h, w, D] (e.g. correspondence.KeyExtractor).
-      source: the training videos (their names become the cache's folder names).
+      source: the training videos (their names become the cache's folder names; videos of the
+        same name are one video, clustered once).
       config: clustering settings.
       cache_root: where the sets live.
       step: the training step of the encoder (names the set).
@@ -227,14 +228,19 @@ def build(
     if folder.exists():
         shutil.rmtree(folder)  # an incomplete set, or one of another config
     per_batch = videos_per_batch or jax.device_count()
-    names = [source.name(i) for i in range(len(source))]
-    for start in range(0, len(source), per_batch):
-        ids = list(range(start, min(start + per_batch, len(source))))
+    all_names = [source.name(i) for i in range(len(source))]
+    # A mixed source repeats videos (to weight its parts): each distinct video is clustered once.
+    first_index = {}
+    for i, name in enumerate(all_names):
+        first_index.setdefault(name, i)
+    names, unique = list(first_index), list(first_index.values())
+    for start in range(0, len(unique), per_batch):
+        ids = unique[start : start + per_batch]
         keys = [encode_video(extract_keys, source[i]["video"]) for i in ids]
         for i, labels in zip(ids, cluster_videos(keys, config, ids), strict=True):
-            write_masks(folder / names[i], labels)
+            write_masks(folder / all_names[i], labels)
         if progress is not None:
-            progress(ids[-1] + 1, len(source))
+            progress(min(start + per_batch, len(unique)), len(unique))
     meta = {"step": int(step), "config": dataclasses.asdict(config), "videos": names}
     tmp = folder / (META + ".tmp")
     tmp.write_text(json.dumps(meta, indent=1))
