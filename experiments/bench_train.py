@@ -10,7 +10,6 @@ sequences. On a GPU it also estimates MFU from XLA's FLOP count of the compiled 
 from __future__ import annotations
 
 import pathlib
-import platform
 import resource
 import time
 from collections.abc import Sequence
@@ -20,6 +19,7 @@ import numpy as np
 from absl import app, flags
 
 from configs.maskvos import corr_r18
+from experiments.bench_common import machine
 from vosjax import sharding, train
 from vosjax.data import clip_sampling, clip_sources, pipeline
 from vosjax.methods.maskvos import correspondence
@@ -35,18 +35,6 @@ _DAVIS = flags.DEFINE_string(
 )
 # Dense bf16 peak of the accelerators we report on (FLOP/s).
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12}
-
-
-def machine() -> str:
-    device = jax.devices()[0]
-    if device.platform != "cpu":
-        return f"{device.device_kind} x{jax.device_count()}"
-    model = platform.processor() or platform.machine()
-    for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            model = line.split(":", 1)[1].strip()
-            break
-    return f"{model}, {len(jax.devices())} CPU device(s)"
 
 
 def config_for_bench():

@@ -11,7 +11,8 @@
 #       with mask decoding; (b') the same network's keys with crw propagation.
 #
 #   bash experiments/maskvos_full_davis2016.sh [WORKDIR]
-#   (env: STEPS CORR_STEPS UPDATE CROP BATCH MIX WORKERS LR; (a) reuses $WORKDIR/corr if there)
+#   (env: STEPS CORR_STEPS UPDATE CROP BATCH MIX WORKERS LR SHORT; (a) reuses $WORKDIR/corr
+#   if it is there)
 #
 # Numbers, budget and machine go into experiments/README.md.
 set -euo pipefail
@@ -25,6 +26,7 @@ BATCH=${BATCH:-8}
 MIX=${MIX:-0.25}
 WORKERS=${WORKERS:-1}
 LR=${LR:-2.5e-5}  # (a)'s learning rate over its last 200 steps (1e-4 halved at 40% and 80%)
+SHORT=${SHORT:-480}  # mask decoding's input short side (480: the paper; 240 on a small CPU)
 export PYTHONPATH=.
 
 # (a) correspondence only; keeps checkpoints every 100 steps (CORR_STEPS among them).
@@ -45,6 +47,7 @@ full=(
   --config.schedule.warmup_steps=0 --config.schedule.update_every="$UPDATE"
   --config.optim.schedule=constant --config.optim.lr="$LR"
   --config.checkpoint_every_steps=50 --config.log_every_steps=10 --config.eval_every_steps=0
+  --config.eval.decoding.short_side="$SHORT"
 )
 python -m vosjax.main "${full[@]}" --workdir="$W/full"
 n=$((STEPS - CORR_STEPS))
