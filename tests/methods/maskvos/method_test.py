@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from configs.maskvos import corr_r18
+from configs.maskvos import corr_r18, r50
 from vosjax import sharding, train
 from vosjax.methods.maskvos import correspondence, method
 
@@ -82,3 +82,23 @@ def test_bad_fields_are_named():
         method.MaskVOS(_config(coarse="hard"))
     with pytest.raises(ValueError, match="config.loss.seg_weight=-1"):
         method.MaskVOS(_config(seg_weight=-1.0))
+
+
+def test_resnet50_variant_traces_with_the_expected_shapes():
+    """configs/maskvos/r50.py's E and V are ResNet-50s; the full loss traces (no compilation)."""
+    config = r50.get_config("smoke")
+    full = method.MaskVOS(config)
+    model = nnx.eval_shape(lambda: full.build_model(config, nnx.Rngs(0)))
+    assert model.encoder.output_stride == 8
+    batch = jax.tree.map(jnp.asarray, _batch(config))
+
+    def loss(model):
+        return full.loss_fn(model, batch, jax.random.key(0), jnp.int32(0))
+
+    graphdef, state = nnx.split(model)
+    out, aux = jax.eval_shape(lambda s: loss(nnx.merge(graphdef, s)), state)
+    assert out.shape == () and aux["seg_loss"].shape == ()
+    # V's first convolution takes RGB + the object mask; its layer3 has ResNet-50's 1024 channels.
+    v = model.head.value_encoder
+    assert v.backbone.conv1.kernel.shape[2] == 4
+    assert v.backbone.num_features == 1024 and v.project.kernel.shape[2:] == (1024, 32)

@@ -78,8 +78,9 @@ def add_config_fields(
     epoch = config.get_ref("steps_per_epoch")
     config.schedule = ml_collections.ConfigDict(
         {
-            # Correspondence learning only before the first clustering.
-            "warmup_steps": 1 if smoke else epoch * 10,
+            # Correspondence learning only before the first clustering (smoke: clusters at step
+            # 0 with the initial encoder and again at step 1).
+            "warmup_steps": 0 if smoke else epoch * 10,
             # Re-clustering period (Table 4d: every 10 epochs); 0 clusters once.
             "update_every": 1 if smoke else epoch * 10,
             "cache_dir": "",  # '' = <workdir>/pseudo_masks
