@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import pathlib
 import platform
+import resource
+import time
+from typing import Any
 
 import jax
 
@@ -18,3 +21,45 @@ def machine() -> str:
             model = line.split(":", 1)[1].strip()
             break
     return f"{model}, {len(jax.devices())} CPU device(s)"
+
+
+# Dense bf16 peak of the accelerators we report on (FLOP/s).
+PEAK_FLOPS = {"H100": 989e12, "H200": 989e12}
+
+
+def peak_mb() -> float:
+    """Peak device memory (accelerators) or peak RSS of this process (CPU), MB."""
+    stats = jax.devices()[0].memory_stats() or {}
+    return stats.get("peak_bytes_in_use", 0) / 2**20 or (
+        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    )
+
+
+def mfu(flops: float, step_s: float) -> str:
+    """Model FLOPs utilisation of a step on the known accelerators; 'n/a (CPU)' otherwise."""
+    kind = jax.devices()[0].device_kind
+    peak = next((v for k, v in PEAK_FLOPS.items() if k in kind), None)
+    return f"{flops / step_s / (peak * jax.device_count()):.1%}" if peak else "n/a (CPU)"
+
+
+def time_train_step(trainer: Any, batch: Any, steps: int) -> dict[str, float]:
+    """Compiles `trainer.train_step` for `batch`, runs it once, then times `steps` steps.
+
+    Returns:
+      {'compile_s', 'step_s', 'flops' (XLA's count of the compiled step), 'peak_mb'}.
+    """
+    state = trainer.init_state()
+    start = time.perf_counter()
+    compiled = trainer.train_step.lower(state, batch, trainer.train_rng).compile()
+    compile_s = time.perf_counter() - start
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    flops = float((cost or {}).get("flops", float("nan")))
+    state, _ = compiled(state, batch, trainer.train_rng)
+    jax.block_until_ready(state)
+    start = time.perf_counter()
+    for _ in range(steps):
+        state, _ = compiled(state, batch, trainer.train_rng)
+    jax.block_until_ready(state)
+    step_s = (time.perf_counter() - start) / steps
+    return {"compile_s": compile_s, "step_s": step_s, "flops": flops, "peak_mb": peak_mb()}

@@ -16,7 +16,6 @@ Prints a markdown table:
 from __future__ import annotations
 
 import pathlib
-import resource
 import time
 from collections.abc import Sequence
 
@@ -26,7 +25,7 @@ from absl import app, flags
 from flax import nnx
 
 from configs.maskvos import r18
-from experiments.bench_common import machine
+from experiments import bench_common
 from vosjax import sharding, train
 from vosjax.data import davis
 from vosjax.methods.maskvos import inference, method
@@ -39,20 +38,10 @@ _SEQUENCE = flags.DEFINE_string("sequence", "blackswan", "DAVIS2016 val sequence
 _DAVIS = flags.DEFINE_string(
     "davis", str(pathlib.Path(__file__).resolve().parents[2] / "shared/data/DAVIS2016"), ""
 )
-# Dense bf16 peak of the accelerators we report on (FLOP/s).
-PEAK_FLOPS = {"H100": 989e12, "H200": 989e12}
-
-
-def peak_mb() -> float:
-    stats = jax.devices()[0].memory_stats() or {}
-    return stats.get("peak_bytes_in_use", 0) / 2**20 or (
-        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    )
 
 
 def bench_train_step(config) -> dict[str, float]:
     trainer = train.Trainer(config, method.MaskVOS(config))
-    state = trainer.init_state()
     rng = np.random.default_rng(0)
     b, t, s = config.batch_size, config.data.clip_len, config.data.crop
     labels = np.zeros((b, t, s // 8, s // 8), np.uint8)
@@ -67,20 +56,7 @@ def bench_train_step(config) -> dict[str, float]:
         "frame_indices": np.tile(np.arange(t, dtype=np.int32) * config.data.frame_gap, (b, 1)),
     }
     batch = sharding.shard_batch(batch, trainer.mesh)
-    start = time.perf_counter()
-    compiled = trainer.train_step.lower(state, batch, trainer.train_rng).compile()
-    compile_s = time.perf_counter() - start
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, list) else cost
-    flops = float((cost or {}).get("flops", float("nan")))
-    state, _ = compiled(state, batch, trainer.train_rng)
-    jax.block_until_ready(state)
-    start = time.perf_counter()
-    for _ in range(_STEPS.value):
-        state, _ = compiled(state, batch, trainer.train_rng)
-    jax.block_until_ready(state)
-    step_s = (time.perf_counter() - start) / _STEPS.value
-    return {"compile_s": compile_s, "step_s": step_s, "flops": flops, "peak_mb": peak_mb()}
+    return bench_common.time_train_step(trainer, batch, _STEPS.value)
 
 
 def bench_inference(config, refine_rounds: int) -> tuple[float, tuple[int, int]]:
@@ -107,16 +83,10 @@ def main(argv: Sequence[str]) -> None:
     config.batch_size = _BATCH.value
     config.data.crop = config.data.min_short = _CROP.value
     step = bench_train_step(config)
-    kind = jax.devices()[0].device_kind
-    peak = next((v for k, v in PEAK_FLOPS.items() if k in kind), None)
-    mfu = (
-        f"{step['flops'] / step['step_s'] / (peak * jax.device_count()):.1%}"
-        if peak
-        else "n/a (CPU)"
-    )
+    mfu = bench_common.mfu(step["flops"], step["step_s"])
     inference_fps = {rounds: bench_inference(config, rounds) for rounds in (3, 0)}
     size = inference_fps[3][1]
-    print(f"\nMask-VOS r18, {machine()}, jax {jax.__version__}\n")
+    print(f"\nMask-VOS r18, {bench_common.machine()}, jax {jax.__version__}\n")
     print("| train: batch, crop, T | compile s | s/step | clips/s | GFLOP/step | MFU | peak MB |")
     print("|---|---|---|---|---|---|---|")
     print(

@@ -10,7 +10,6 @@ sequences. On a GPU it also estimates MFU from XLA's FLOP count of the compiled 
 from __future__ import annotations
 
 import pathlib
-import resource
 import time
 from collections.abc import Sequence
 
@@ -19,7 +18,7 @@ import numpy as np
 from absl import app, flags
 
 from configs.maskvos import corr_r18
-from experiments.bench_common import machine
+from experiments import bench_common
 from vosjax import sharding, train
 from vosjax.data import clip_sampling, clip_sources, pipeline
 from vosjax.methods.maskvos import correspondence
@@ -33,8 +32,6 @@ _NUM_WORKERS = flags.DEFINE_integer("num_workers", 2, "grain worker processes.")
 _DAVIS = flags.DEFINE_string(
     "davis", str(pathlib.Path(__file__).resolve().parents[2] / "shared/data/DAVIS2016"), ""
 )
-# Dense bf16 peak of the accelerators we report on (FLOP/s).
-PEAK_FLOPS = {"H100": 989e12, "H200": 989e12}
 
 
 def config_for_bench():
@@ -48,7 +45,6 @@ def config_for_bench():
 def bench_step(config) -> dict[str, float]:
     method = correspondence.Correspondence(config)
     trainer = train.Trainer(config, method)
-    state = trainer.init_state()
     rng = np.random.default_rng(0)
     b, t, s = config.batch_size, config.data.clip_len, config.data.crop
     batch = {
@@ -58,24 +54,7 @@ def bench_step(config) -> dict[str, float]:
         "frame_indices": np.tile(np.arange(t, dtype=np.int32) * config.data.frame_gap, (b, 1)),
     }
     batch = sharding.shard_batch(batch, trainer.mesh)
-    start = time.perf_counter()
-    compiled = trainer.train_step.lower(state, batch, trainer.train_rng).compile()
-    compile_s = time.perf_counter() - start
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, list) else cost
-    flops = float((cost or {}).get("flops", float("nan")))
-    state, metrics = compiled(state, batch, trainer.train_rng)
-    jax.block_until_ready(state)
-    start = time.perf_counter()
-    for _ in range(_STEPS.value):
-        state, metrics = compiled(state, batch, trainer.train_rng)
-    jax.block_until_ready(state)
-    step_s = (time.perf_counter() - start) / _STEPS.value
-    stats = jax.devices()[0].memory_stats() or {}
-    peak_mb = stats.get("peak_bytes_in_use", 0) / 2**20 or (
-        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    )
-    return {"compile_s": compile_s, "step_s": step_s, "flops": flops, "peak_mb": peak_mb}
+    return bench_common.time_train_step(trainer, batch, _STEPS.value)
 
 
 def bench_pipeline(config) -> float:
@@ -102,17 +81,11 @@ def main(argv: Sequence[str]) -> None:
     config = config_for_bench()
     step = bench_step(config)
     clips_per_s = config.batch_size / step["step_s"]
-    kind = jax.devices()[0].device_kind
-    peak = next((v for k, v in PEAK_FLOPS.items() if k in kind), None)
-    mfu = (
-        f"{step['flops'] / step['step_s'] / (peak * jax.device_count()):.1%}"
-        if peak
-        else "n/a (CPU)"
-    )
+    mfu = bench_common.mfu(step["flops"], step["step_s"])
     data_clips = bench_pipeline(config)
     print(
         f"\ncorr_r18, batch {config.batch_size}, {config.data.crop}x{config.data.crop}, "
-        f"T={config.data.clip_len}, {machine()}, jax {jax.__version__}\n"
+        f"T={config.data.clip_len}, {bench_common.machine()}, jax {jax.__version__}\n"
     )
     print(
         "| compile s | s/step | steps/s | clips/s | GFLOP/step (XLA) | MFU | peak MB "

@@ -74,6 +74,13 @@ class TwoViewTransform:
         clip = transforms.ShortSideResize(self.min_short, self.max_short)(clip, rng)
         clip = transforms.RandomCrop(self.crop)(clip, rng)
         clip = transforms.HorizontalFlip(self.flip)(clip, rng)
+        view, affine = self.affine_view(clip, rng)
+        return {"clip": np.ascontiguousarray(clip), "view": view, "affine": affine}
+
+    def affine_view(
+        self, clip: np.ndarray, rng: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The view of frame 0: (uint8 [S, S, 3], float32 [2, 3] view pixel -> frame-0 pixel)."""
         view = clip[:1]
         if self.view_jitter > 0:
             s = self.view_jitter
@@ -84,11 +91,7 @@ class TwoViewTransform:
             translation=(self.view_translation, self.view_translation),
             flip=self.view_flip,
         )(view, rng)
-        return {
-            "clip": np.ascontiguousarray(clip),
-            "view": warped["clip"][0],
-            "affine": warped["params"]["affine"][0].astype(np.float32),
-        }
+        return warped["clip"][0], warped["params"]["affine"][0].astype(np.float32)
 
 
 def make_transform(data: ml_collections.ConfigDict) -> TwoViewTransform:

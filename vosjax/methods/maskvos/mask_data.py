@@ -190,7 +190,7 @@ def block_mode(labels: np.ndarray) -> np.ndarray:
 
 
 @dataclasses.dataclass(frozen=True)
-class MaskTwoViewTransform:
+class MaskTwoViewTransform(correspondence.TwoViewTransform):
     """Packed clip [T, H, W, 4] -> the clip, an affine view of frame 0 and object labels.
 
     Frames and cluster ids get the same geometry, drawn as `TwoViewTransform` draws it (short
@@ -202,30 +202,12 @@ class MaskTwoViewTransform:
     up to `num_objects` in random order become objects 1..K in every frame; all other pixels
     are background 0.
 
-    Attributes:
-      crop: output side S (a multiple of 8).
-      min_short: smallest short side before the crop (>= crop).
-      max_short: largest short side before the crop.
-      flip: probability of flipping the whole clip.
-      view_scale: (min, max) zoom of the view.
-      view_rotation: (min, max) rotation of the view, degrees.
-      view_translation: largest shift of the view's centre, fraction of the side.
-      view_flip: probability of flipping the view.
-      view_jitter: colour-jitter strength of the view.
+    Attributes (besides `TwoViewTransform`'s crop, scale and view fields):
       num_objects: K, the most objects drawn per clip (the released code: 2, plus background).
       min_object_fraction: smallest share of frame 0 (at S/8) a cluster needs to be drawn; our
         choice (the release does not say how its 2-object masks were made).
     """
 
-    crop: int = 256
-    min_short: int = 256
-    max_short: int = 320
-    flip: float = 0.5
-    view_scale: tuple[float, float] = (1.0, 2.0)
-    view_rotation: tuple[float, float] = (0.0, 0.0)
-    view_translation: float = 0.15
-    view_flip: float = 0.5
-    view_jitter: float = 0.0
     num_objects: int = 2
     min_object_fraction: float = 0.05
 
@@ -289,21 +271,12 @@ class MaskTwoViewTransform:
         """
         frames, labels = unpack(clip)
         frames, labels = self.crop_and_flip(frames, labels, rng)
-        view = frames[:1]
-        if self.view_jitter > 0:
-            s = self.view_jitter
-            view = transforms.ColourJitter(s, s, s, hue=0.0, p=0.8)(view, rng)
-        warped = transforms.RandomAffine(
-            scale=self.view_scale,
-            rotation=self.view_rotation,
-            translation=(self.view_translation, self.view_translation),
-            flip=self.view_flip,
-        )(view, rng)
+        view, affine = self.affine_view(frames, rng)
         objects, count = self.sample_objects(block_mode(labels), rng)
         return {
             "clip": frames,
-            "view": warped["clip"][0],
-            "affine": warped["params"]["affine"][0].astype(np.float32),
+            "view": view,
+            "affine": affine,
             "labels": objects,
             "num_objects": count,
         }
