@@ -2,6 +2,7 @@
 
 import math
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -123,3 +124,19 @@ def test_frozen_prefixes_get_zero_updates():
     optim.frozen = ("encoder/backbon",)
     with pytest.raises(ValueError, match="config.optim.frozen: 'encoder/backbon'"):
         optimizers.make_optimizer(optim, 10).init(params)
+
+
+def test_no_decay_1d_spares_norm_scales_and_biases():
+    optim = optimizers.default_config()
+    optim.update({"name": "adamw", "lr": 0.1, "weight_decay": 0.5, "no_decay_1d": True})
+    tx = optimizers.make_optimizer(optim, num_train_steps=10)
+    params = {"norm": {"scale": jnp.full((2,), 2.0)}, "dense": {"kernel": jnp.full((1, 2), 2.0)}}
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    updates, _ = tx.update(zeros, tx.init(params), params)
+    # Zero gradients: the update is the decoupled decay alone, -lr * wd * param, on 2-D only.
+    np.testing.assert_allclose(updates["dense"]["kernel"], np.full((1, 2), -0.1), rtol=1e-6)
+    np.testing.assert_allclose(updates["norm"]["scale"], np.zeros(2), atol=0)
+    assert optimizers.bias_labels(params, include_1d=True) == {
+        "norm": {"scale": "bias"},
+        "dense": {"kernel": "default"},
+    }

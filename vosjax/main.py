@@ -3,6 +3,7 @@
 python -m vosjax.main --config=configs/maskvos/corr_r18.py --workdir=W
 python -m vosjax.main --config=configs/maskvos/corr_r18.py --workdir=W --mode=eval [--step=N]
 python -m vosjax.main --config=configs/maskvos/r18.py --workdir=W   (clustering rounds inside)
+python -m vosjax.main --config=configs/ino/vits8_davis2016.py --workdir=W
 """
 
 from __future__ import annotations
@@ -32,10 +33,14 @@ def build_method(config: ml_collections.ConfigDict) -> train.Method:
         from vosjax.methods.maskvos import method
 
         return method.MaskVOS(config)
+    if config.method == "ino":
+        from vosjax.methods.ino import method
+
+        return method.INO(config)
     raise ValueError(f"config.method={config.method!r}; expected one of {METHODS}")
 
 
-METHODS = ("maskvos_correspondence", "maskvos")
+METHODS = ("maskvos_correspondence", "maskvos", "ino")
 
 
 def training_source(config: ml_collections.ConfigDict):

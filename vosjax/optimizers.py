@@ -15,6 +15,8 @@ Fields of `config.optim` (defaults in `default_config()`):
   grad_clip_norm: clip gradients by global norm first (0 disables).
   bias_lr_mult, bias_no_weight_decay: parameter groups; parameters named 'bias' get
     `bias_lr_mult` x the lr and, if set, no weight decay (as Mask-VOS's code).
+  no_decay_1d: parameters with at most one axis (norm scales, biases) join the 'bias' group,
+    which then gets no weight decay (DINO / INO: none on biases and norms).
   frozen: parameter path prefixes ('encoder/backbone': every parameter under
     model.encoder.backbone) whose updates are zero (Mask-VOS's released mask stage freezes the
     backbone).
@@ -51,6 +53,7 @@ def default_config() -> ml_collections.ConfigDict:
             "grad_clip_norm": 0.0,
             "bias_lr_mult": 1.0,
             "bias_no_weight_decay": False,
+            "no_decay_1d": False,
             "frozen": (),  # parameter path prefixes ('encoder/backbone') that never change
         }
     )
@@ -114,11 +117,14 @@ def _is_bias(path: tuple[Any, ...]) -> bool:
     return bool(names) and names[-1] == "bias"
 
 
-def bias_labels(params: Any) -> Any:
-    """'bias' for every parameter whose name is 'bias', 'default' for the others."""
-    return jax.tree_util.tree_map_with_path(
-        lambda path, _: "bias" if _is_bias(path) else "default", params
-    )
+def bias_labels(params: Any, include_1d: bool = False) -> Any:
+    """'bias' for every parameter named 'bias' (and, with `include_1d`, every parameter with at
+    most one axis), 'default' for the others."""
+
+    def label(path: tuple[Any, ...], x: Any) -> str:
+        return "bias" if _is_bias(path) or (include_1d and jnp.ndim(x) <= 1) else "default"
+
+    return jax.tree_util.tree_map_with_path(label, params)
 
 
 def param_path(path: tuple[Any, ...]) -> str:
@@ -190,17 +196,18 @@ def make_optimizer(
         weight_decay = cosine_schedule(weight_decay, float(wd_end), num_train_steps)
     bias_mult = float(optim.get("bias_lr_mult", 1.0))
     bias_no_wd = bool(optim.get("bias_no_weight_decay", False))
-    if bias_mult == 1.0 and not bias_no_wd:
+    include_1d = bool(optim.get("no_decay_1d", False))
+    if bias_mult == 1.0 and not bias_no_wd and not include_1d:
         tx = _base_optimizer(optim, schedule, weight_decay)
     else:
         bias_tx = _base_optimizer(
             optim,
             lambda step: bias_mult * schedule(step),
-            0.0 if bias_no_wd else weight_decay,
+            0.0 if bias_no_wd or include_1d else weight_decay,
         )
         tx = optax.multi_transform(
             {"default": _base_optimizer(optim, schedule, weight_decay), "bias": bias_tx},
-            bias_labels,
+            lambda params: bias_labels(params, include_1d),
         )
     frozen = tuple(optim.get("frozen", ()))
     if frozen:

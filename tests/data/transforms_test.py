@@ -231,3 +231,18 @@ def test_bad_shapes_and_settings_raise():
     with pytest.raises(ValueError, match="min_size"):
         transforms.ShortSideResize(10, 5)(_clip(), np.random.default_rng(0))
     assert math.isclose(transforms.RandomResizedCrop(8).ratio[1], 4 / 3)
+
+
+def test_multicrop_leaves_global_crops_plain_when_asked():
+    clip = _clip(t=2, h=80, w=100)
+    crops = transforms_multicrop.MultiCrop(
+        global_size=32, local_size=16, num_local=2, flip_p=1.0, grayscale_p=1.0,
+        augment_global=False, normalize=None,
+    )(clip, np.random.default_rng(3))  # fmt: skip
+    for t in range(2):
+        top, left, h, w = crops["global_boxes"][t, 0]
+        plain = transforms.resize_frame(clip[t, top : top + h, left : left + w], 32, 32)
+        np.testing.assert_array_equal(crops["global"][t, 0], plain)
+        # The local crops still go through flip and grayscale (p=1): equal channels.
+        local = crops["local"][t, 0].astype(int)
+        assert np.abs(local[..., 0] - local[..., 1]).max() <= 1

@@ -29,6 +29,8 @@ class MultiCrop:
       grayscale_p: probability of converting a crop to grayscale.
       global_blur_p: blur probability of a global crop.
       local_blur_p: blur probability of a local crop.
+      augment_global: False leaves global crops un-augmented (crop and resize only; INO's
+        released code), True augments them like local crops (DINO; the INO paper).
       normalize: applied last; None keeps the input's dtype.
     """
 
@@ -43,6 +45,7 @@ class MultiCrop:
     grayscale_p: float = 0.2
     global_blur_p: float = 1.0
     local_blur_p: float = 0.5
+    augment_global: bool = True
     normalize: transforms.Normalize | None = transforms.Normalize()
 
     def _crops(
@@ -52,17 +55,17 @@ class MultiCrop:
         crop: transforms.RandomResizedCrop,
         blur_p: float,
         rng: np.random.Generator,
+        augmented: bool = True,
     ) -> tuple[np.ndarray, np.ndarray]:
         height, width = frame.shape[:2]
         size = transforms.as_pair(crop.size)
-        augment = transforms.Compose(
-            (
-                transforms.HorizontalFlip(self.flip_p),
-                self.jitter,
-                transforms.Grayscale(self.grayscale_p),
-                transforms.GaussianBlur((0.1, 2.0), p=blur_p),
-            )
+        steps = (
+            transforms.HorizontalFlip(self.flip_p),
+            self.jitter,
+            transforms.Grayscale(self.grayscale_p),
+            transforms.GaussianBlur((0.1, 2.0), p=blur_p),
         )
+        augment = transforms.Compose(steps if augmented else ())
         crops, boxes = [], []
         for _ in range(count):
             top, left, h, w = crop.sample_box(height, width, rng)
@@ -91,7 +94,9 @@ class MultiCrop:
         local_crop = transforms.RandomResizedCrop(self.local_size, self.local_scale)
         out = {"global": [], "local": [], "global_boxes": [], "local_boxes": []}
         for frame in clip:
-            crops, boxes = self._crops(frame, self.num_global, global_crop, self.global_blur_p, rng)
+            crops, boxes = self._crops(
+                frame, self.num_global, global_crop, self.global_blur_p, rng, self.augment_global
+            )
             out["global"].append(crops)
             out["global_boxes"].append(boxes)
             crops, boxes = self._crops(frame, self.num_local, local_crop, self.local_blur_p, rng)

@@ -1,0 +1,305 @@
+"""INO, In-N-Out generative learning (Pan et al., ACM MM 2022), as a vosjax training method.
+
+Per clip of L frames (one global crop G x G and M local crops of every frame, `INOCrops`):
+- out-generative: class tokens of the frame pairs (n, n + L/2): the teacher's two global crops
+  against the student's other global crop (g2g) and every local crop of the pair (l2g);
+- in-generative MIM: with probability 0.5 a block-wise mask over U(0.1, 0.5) of the student's
+  patches (one mask per clip, shared by its frames; the released code shares one mask over the
+  whole batch: `config.mim.shared_mask`), mask token in, cross entropy against the unmasked
+  teacher's patch outputs on the masked positions;
+- in-generative affinity: teacher vs student affinity of the masked tokens between consecutive
+  frames (tau_t 0.04, tau_s 0.1);
+loss = out_weight (g2g + l2g) + mim_weight MIM + affinity_weight affinity (1 : 1 : 1). The teacher
+is the EMA of the student (cosine momentum 0.996 -> 1, `after_update`), the teacher's outputs
+are centred (momentum 0.9; the mean over the global batch, which under jit is the all-reduce).
+
+Batch (`INOCrops` through the grain pipeline, B clips):
+  'global'  uint8 [B, L, G, G, 3]      one global crop per frame;
+  'local'   uint8 [B, L, M, S, S, 3]   M local crops per frame;
+  'frame_indices', 'video_index', 'skipped' as every `ClipLoader` example.
+
+Evaluation: patch tokens of an intermediate block (7 of 12) of the student or the teacher,
+L2-normalised, propagated with the foundation's `ino` preset (`INOFeatures`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import nnx
+
+from vosjax import evaluate
+from vosjax.data import transforms, transforms_multicrop
+from vosjax.methods.ino import losses, mask_generator
+from vosjax.methods.ino import model as model_lib
+from vosjax.ops import affinity, ema, propagation
+
+MASK_STREAM = 1
+DROP_PATH_STREAM = 2
+FEATURE_SOURCES = ("student", "teacher")
+
+
+def normalize(frames: jax.Array) -> jax.Array:
+    """uint8 (or 0..255 float) [..., 3] -> (x / 255 - mean) / std with ImageNet statistics."""
+    x = frames.astype(jnp.float32) / 255.0
+    mean = jnp.asarray(transforms.Normalize.mean, jnp.float32)
+    return (x - mean) / jnp.asarray(transforms.Normalize.std, jnp.float32)
+
+
+@dataclasses.dataclass(frozen=True)
+class INOCrops:
+    """Clip uint8 [L, H, W, 3] -> {'global' [L, G, G, 3], 'local' [L, M, S, S, 3]} uint8.
+
+    Every crop of every frame draws its own box and augmentation (`MultiCrop`, normalisation on
+    the device). Attributes as `config.data`: global_size, global_scale, local_size,
+    local_scale, num_local, augment_global (the paper flips and colour-jitters every crop; the
+    released code leaves the global crops as they are).
+    """
+
+    global_size: int = 224
+    global_scale: tuple[float, float] = (0.8, 0.95)
+    local_size: int = 64
+    local_scale: tuple[float, float] = (0.05, 0.8)
+    num_local: int = 8
+    augment_global: bool = True
+
+    def __call__(self, clip: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        crops = transforms_multicrop.MultiCrop(
+            global_size=self.global_size,
+            global_scale=tuple(self.global_scale),
+            num_global=1,
+            local_size=self.local_size,
+            local_scale=tuple(self.local_scale),
+            num_local=self.num_local,
+            augment_global=self.augment_global,
+            normalize=None,
+        )(clip, rng)
+        return {"global": crops["global"][:, 0], "local": crops["local"]}
+
+
+def make_transform(data: ml_collections.ConfigDict) -> INOCrops:
+    """The crops of `config.data`."""
+    if data.num_local < 0:
+        raise ValueError(f"config.data.num_local={data.num_local}: expected >= 0")
+    return INOCrops(
+        global_size=data.global_size,
+        global_scale=tuple(data.global_scale),
+        local_size=data.local_size,
+        local_scale=tuple(data.local_scale),
+        num_local=data.num_local,
+        augment_global=data.augment_global,
+    )
+
+
+class INO:
+    """The INO method (`vosjax.train.Method`): model, crops, losses, EMA, segmenter."""
+
+    fp32_inputs = ()
+
+    def __init__(self, config: ml_collections.ConfigDict):
+        self.config = config
+        clip_len = config.data.clip_len
+        if clip_len < 2 or clip_len % 2:
+            raise ValueError(
+                f"config.data.clip_len={clip_len}: expected an even number >= 2 (frame pairs "
+                "(n, n + L/2))"
+            )
+        cfg = config.loss
+        if not (cfg.global_to_global or cfg.local_to_global) and cfg.out_weight:
+            raise ValueError(
+                "config.loss: out_weight > 0 needs global_to_global or local_to_global; set "
+                "config.loss.out_weight=0 to switch the out-generative terms off"
+            )
+        if cfg.local_to_global and config.data.num_local < 1:
+            raise ValueError("config.loss.local_to_global needs config.data.num_local >= 1")
+        if config.eval.features not in FEATURE_SOURCES:
+            raise ValueError(
+                f"config.eval.features={config.eval.features!r}; expected one of {FEATURE_SOURCES}"
+            )
+
+    def build_model(self, config: ml_collections.ConfigDict, rngs: nnx.Rngs) -> nnx.Module:
+        return model_lib.INOModel(config.model, rngs=rngs)
+
+    def make_transform(self) -> INOCrops:
+        return make_transform(self.config.data)
+
+    def _masks(self, rng: jax.Array, batch: int, grid: tuple[int, int]) -> jax.Array:
+        """bool [batch, h, w]: one block-wise MIM mask per clip (or one for all)."""
+        mim = self.config.mim
+        key = jax.random.fold_in(rng, MASK_STREAM)
+        sample = lambda k: mask_generator.sample_mim_mask(  # noqa: E731
+            k,
+            grid,
+            prob=mim.prob,
+            ratio_range=tuple(mim.ratio_range),
+            min_block=mim.min_block,
+        )
+        if mim.shared_mask:
+            return jnp.broadcast_to(sample(key), (batch, *grid))
+        return jax.vmap(sample)(jax.random.split(key, batch))
+
+    def loss_fn(
+        self,
+        model: model_lib.INOModel,
+        batch: dict[str, jax.Array],
+        rng: jax.Array,
+        step: jax.Array,
+    ) -> tuple[jax.Array, dict[str, jax.Array]]:
+        """The INO loss of a batch of clips (see the module docstring)."""
+        cfg = self.config.loss
+        dtype = model.student.cls_token[...].dtype  # bf16 under mixed precision
+        glob = batch["global"]
+        b, t, size = glob.shape[:3]
+        p = model.student.patch_size
+        grid = (size // p, size // p)
+        n = grid[0] * grid[1]
+        images = normalize(glob.reshape(b * t, *glob.shape[2:])).astype(dtype)
+        masks = self._masks(rng, b, grid)  # [B, h, w]
+        if not self.config.loss.mim_weight and not self.config.loss.affinity_weight:
+            masks = jnp.zeros_like(masks)
+        frame_masks = jnp.repeat(masks, t, axis=0)  # [B T, h, w]
+        drop_key = jax.random.fold_in(rng, DROP_PATH_STREAM)
+
+        student = model_lib.tokens_through_head(
+            model.student, model.student_head, images, masks=frame_masks, train=True,
+            key=drop_key,
+        )  # fmt: skip
+        teacher_vit = model_lib.cast_floats(model.teacher, dtype)
+        teacher_head = model_lib.cast_floats(model.teacher_head, dtype)
+        teacher = jax.lax.stop_gradient(
+            model_lib.tokens_through_head(teacher_vit, teacher_head, images)
+        )
+        s_cls = student["cls"].reshape(b, t, -1)
+        t_cls = teacher["cls"].reshape(b, t, -1)
+
+        terms = {}
+        half = t // 2
+        pairs = np.stack([np.arange(half), np.arange(half) + half], axis=1)  # [P, 2]
+        local = None
+        if cfg.out_weight and cfg.local_to_global:
+            crops = batch["local"]
+            m = crops.shape[2]
+            local_images = normalize(crops.reshape(b * t * m, *crops.shape[3:])).astype(dtype)
+            local = model_lib.tokens_through_head(
+                model.student, model.student_head, local_images, train=True,
+                key=jax.random.fold_in(drop_key, 1), with_patches=False,
+            )["cls"].reshape(b, t, m, -1)  # fmt: skip
+            # [B, P, 2 M, K]: the local crops of both frames of each pair, folded with B.
+            local = local[:, pairs].reshape(b * len(pairs), 2 * m, -1)
+        if cfg.out_weight:
+            terms["out_loss"] = losses.out_generative_loss(
+                t_cls[:, pairs].reshape(b * len(pairs), 2, -1),
+                s_cls[:, pairs].reshape(b * len(pairs), 2, -1),
+                local,
+                model.center_cls[...],
+                teacher_temp=cfg.teacher_temp,
+                student_temp=cfg.student_temp,
+                global_to_global=cfg.global_to_global,
+                local_to_global=cfg.local_to_global,
+            )
+        flat_masks = frame_masks.reshape(b * t, n)
+        if cfg.mim_weight:
+            terms["mim_loss"] = losses.mim_loss(
+                teacher["patches"],
+                student["patches"],
+                flat_masks,
+                model.center_patch[...],
+                teacher_temp=cfg.teacher_temp,
+                student_temp=cfg.student_temp,
+            )
+        if cfg.affinity_weight:
+            terms["affinity_loss"] = losses.affinity_loss(
+                teacher["patches"].reshape(b, t, n, -1),
+                student["patches"].reshape(b, t, n, -1),
+                masks.reshape(b, n),
+                teacher_temp=cfg.affinity_teacher_temp,
+                student_temp=cfg.affinity_student_temp,
+            )
+        weights = {
+            "out_loss": cfg.out_weight,
+            "mim_loss": cfg.mim_weight,
+            "affinity_loss": cfg.affinity_weight,
+        }
+        loss = sum(weights[name] * value for name, value in terms.items())
+        model.center_cls[...] = losses.update_center(
+            model.center_cls[...], teacher["cls"], self.config.center_momentum
+        )
+        model.center_patch[...] = losses.update_center(
+            model.center_patch[...], teacher["patches"], self.config.center_momentum
+        )
+        return jnp.asarray(loss, jnp.float32), {
+            **terms,
+            "mask_ratio": jnp.mean(masks.astype(jnp.float32)),
+            "teacher_momentum": self.momentum(step),
+        }
+
+    def momentum(self, step: jax.Array | int) -> jax.Array:
+        """The EMA momentum after step `step` (cosine from config.ema.base to 1)."""
+        return ema.cosine_momentum(
+            step, self.config.num_train_steps, base=self.config.ema.base, final=1.0
+        )
+
+    def after_update(self, model: model_lib.INOModel, step: jax.Array) -> None:
+        """The EMA teacher update, inside the jitted step, after the optimiser's update."""
+        model.update_teacher(self.momentum(step))
+
+    def make_segmenter(self, model: model_lib.INOModel) -> evaluate.PropagationSegmenter:
+        """Propagation (`config.eval.propagation`, the 'ino' preset) over block features."""
+        ev = self.config.eval
+        backbone = model.student if ev.features == "student" else model.teacher
+        return evaluate.PropagationSegmenter(
+            INOFeatures(backbone, block=ev.block, short_side=ev.short_side),
+            propagation.from_config_dict(ev.propagation),
+        )
+
+
+def resized_size(size: tuple[int, int], short_side: int | None, patch: int) -> tuple[int, int]:
+    """(H', W'): short side `short_side` (None: unchanged), both floored to multiples of `patch`."""
+    h, w = size
+    if short_side is not None:
+        scale = short_side / min(h, w)
+        h, w = round(h * scale), round(w * scale)
+    if min(h, w) < patch:
+        raise ValueError(f"frame {size} resized to {(h, w)}: smaller than a {patch}-pixel patch")
+    return h // patch * patch, w // patch * patch
+
+
+class INOFeatures:
+    """frame uint8 [H, W, 3] -> L2-normalised patch tokens of block `block` [h, w, D].
+
+    The frame is resized (bilinear, no antialiasing, as cv2) so that its short side is
+    `short_side`, both sides floored to multiples of the patch size. Holds a snapshot of the
+    backbone's weights (a teacher's `Teacher` variables work as they are); one jit compilation
+    per frame size.
+    """
+
+    def __init__(self, backbone: nnx.Module, *, block: int, short_side: int | None = 480):
+        if not 1 <= block <= backbone.depth:
+            raise ValueError(f"config.eval.block={block}: expected 1..{backbone.depth}")
+        self.block = block
+        self.short_side = short_side
+        self.patch = backbone.patch_size
+        self.graphdef, self.state = nnx.split(backbone)
+
+        def extract(state: Any, frame: jax.Array, size: tuple[int, int]) -> jax.Array:
+            module = nnx.merge(self.graphdef, state)
+            x = frame.astype(jnp.float32)
+            if tuple(x.shape[:2]) != size:
+                x = jax.image.resize(x, (*size, 3), "bilinear", antialias=False)
+            out = module(normalize(x)[None], return_blocks=(self.block,))
+            tokens = out["blocks"][self.block][0, 1:].astype(jnp.float32)
+            h, w = size[0] // self.patch, size[1] // self.patch
+            return affinity.l2_normalize(tokens.reshape(h, w, -1))
+
+        self._extract = jax.jit(extract, static_argnums=2)
+
+    def __call__(self, frame: np.ndarray) -> jax.Array:
+        if frame.ndim != 3 or frame.shape[-1] != 3:
+            raise ValueError(f"INOFeatures: expected a frame [H, W, 3], got {frame.shape}")
+        size = resized_size(frame.shape[:2], self.short_side, self.patch)
+        return self._extract(self.state, jnp.asarray(frame), size)
