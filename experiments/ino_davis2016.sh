@@ -9,7 +9,7 @@
 # (a)-(c): block-7 student features at short side SHORT, the ino propagation preset.
 #
 #   bash experiments/ino_davis2016.sh [WORKDIR]
-#   (env: STEPS BATCH GLOBAL LOCAL NLOCAL MIX WORKERS EMA SHORT CKPT PIXELS)
+#   (env: STEPS BATCH GLOBAL LOCAL NLOCAL MIX WORKERS EMA BASE_LR SHORT CKPT PIXELS)
 #
 # The defaults fit a small CPU budget (crops 64 / 32, batch 8); the paper's setting is
 # GLOBAL=224 LOCAL=64 BATCH=32 on a GPU. Numbers, budget and machine go into
@@ -25,6 +25,7 @@ NLOCAL=${NLOCAL:-8}       # local crops per frame (paper 8)
 MIX=${MIX:-0.25}          # fraction of synthetic clips (vosjax_synthetic/small)
 WORKERS=${WORKERS:-1}     # grain worker processes
 EMA=${EMA:-0.996}         # teacher momentum at step 0 (cosine to 1 over STEPS)
+BASE_LR=${BASE_LR:-3e-3}  # peak lr = BASE_LR x BATCH x 4 frames / 1024 (Charades' base)
 SHORT=${SHORT:-480}       # evaluation input short side (paper 480)
 CKPT=${CKPT:-100}
 PIXELS=${PIXELS:-1}       # 0: skip (d), whose number does not depend on training
@@ -37,7 +38,7 @@ common=(
   --config.data.global_size="$GLOBAL" --config.data.local_size="$LOCAL"
   --config.data.num_local="$NLOCAL"
   --config.data.synthetic_mix="$MIX" --config.data.num_workers="$WORKERS"
-  --config.ema.base="$EMA" --config.eval.short_side="$SHORT"
+  --config.ema.base="$EMA" --config.base_lr="$BASE_LR" --config.eval.short_side="$SHORT"
   --config.num_train_steps="$STEPS" --config.optim.warmup_steps=$((STEPS / 10))
   --config.checkpoint_every_steps="$CKPT" --config.log_every_steps=10
   --config.eval_every_steps=0

@@ -1,0 +1,134 @@
+"""Where does Mask-VOS mask decoding lose accuracy? Variants of inference on one checkpoint.
+
+  PYTHONPATH=. python experiments/maskvos_decoding_diagnosis.py \
+      --workdir=/tmp/runs/full [--step=-1 --frames=30 --sequences=blackswan,dog,parkour \
+      --variants=rounds3,rounds0,mix,coarse,hard,hard_coarse --short_side=240]
+
+Loads a checkpoint of configs/maskvos/davis2016.py and segments the first `--frames` frames of
+DAVIS2016 480p val sequences with:
+  rounds3      the default (3 refinement rounds);
+  rounds0      no refinement round (one decoder call per frame);
+  mix          3 rounds, output averaged with the x8 coarse mask (the released code);
+  mix0         0 rounds, averaged with the coarse mask;
+  coarse       the coarse mask alone (A^T of the memory's masks): no decoder at all;
+  hard         0 rounds, predictions stored in memory as one-hot masks (argmax);
+  hard_coarse  the coarse mask alone with one-hot memory masks.
+For each it prints J-Mean (official region similarity over frames 1..N-2) and the predicted
+foreground fraction against the ground truth's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+import time
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags
+
+from configs.maskvos import davis2016
+from vosjax import checkpointing, train
+from vosjax import main as vosjax_main
+from vosjax.data import davis
+from vosjax.methods.maskvos import inference
+from vosjax.metrics import davis_protocol
+from vosjax.ops import label_resize
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "A davis2016.py run (its checkpoints/).")
+_STEP = flags.DEFINE_integer("step", -1, "Checkpoint step (-1: latest).")
+_FRAMES = flags.DEFINE_integer("frames", 30, "Frames of each sequence.")
+_SEQUENCES = flags.DEFINE_string("sequences", "blackswan,dog,parkour", "DAVIS2016 val names.")
+_VARIANTS = flags.DEFINE_string(
+    "variants", "rounds3,rounds0,mix,coarse,hard,hard_coarse", "Comma-separated variants."
+)
+_SHORT = flags.DEFINE_integer("short_side", 240, "Decoding input short side.")
+_DAVIS = flags.DEFINE_string(
+    "davis", str(pathlib.Path(__file__).resolve().parents[2] / "shared/data/DAVIS2016"), ""
+)
+
+
+class CoarseOnly(inference.MaskDecodingSegmenter):
+    """The coarse mask A^T (memory masks), upsampled x8: what the decoder starts from."""
+
+    def _predict(self, head, normed, features, key, memory, slot_valid, object_valid):
+        del head, features
+        cfg = self.config
+        weights, indices = inference.top_k_affinity(
+            key,
+            memory.keys,
+            slot_valid,
+            top_k=cfg.top_k,
+            temperature=cfg.temperature,
+            radius=cfg.radius,
+            restrict_first=cfg.restrict_first_frame,
+        )
+        coarse = inference.read_memory(weights, indices, memory.masks)
+        up = label_resize.resize_labels(coarse, normed.shape[1:3]).transpose(2, 0, 1)
+        valid = jnp.concatenate([jnp.ones((1,), bool), object_valid])
+        up = jnp.where(valid[:, None, None], up, 0.0)
+        return up / jnp.maximum(jnp.sum(up, axis=0, keepdims=True), 1e-6)
+
+
+def _hardened(cls: type) -> type:
+    """`cls` whose predictions (and so memory masks and values) are one-hot."""
+
+    class Hard(cls):
+        def _predict(self, *args):
+            probs = super()._predict(*args)
+            return jax.nn.one_hot(jnp.argmax(probs, axis=0), probs.shape[0], axis=0)
+
+    return Hard
+
+
+VARIANTS = {
+    "rounds3": (inference.MaskDecodingSegmenter, {}),
+    "rounds0": (inference.MaskDecodingSegmenter, {"refine_rounds": 0}),
+    "mix": (inference.MaskDecodingSegmenter, {"mix_coarse": True}),
+    "mix0": (inference.MaskDecodingSegmenter, {"mix_coarse": True, "refine_rounds": 0}),
+    "coarse": (CoarseOnly, {}),
+    "hard": (_hardened(inference.MaskDecodingSegmenter), {"refine_rounds": 0}),
+    "hard_coarse": (_hardened(CoarseOnly), {}),
+}
+
+
+def main(argv: Sequence[str]) -> None:
+    del argv
+    config = davis2016.get_config()
+    trainer = train.Trainer(config, vosjax_main.build_method(config))
+    step = None if _STEP.value < 0 else _STEP.value
+    with checkpointing.Checkpointer(
+        pathlib.Path(_WORKDIR.value) / "checkpoints", handle_sigterm=False
+    ) as checkpointer:
+        state, step = checkpointer.restore(trainer.abstract_state, step)
+    model = trainer.model(state)
+    sequences = davis.load_davis(_DAVIS.value, "2016/val", "480p", _SEQUENCES.value.split(","))
+    n = _FRAMES.value
+    sequences = [
+        dataclasses.replace(s, frame_names=s.frame_names[:n], output_frames=s.output_frames[:n])
+        for s in sequences
+    ]
+    print(f"checkpoint step {step}; first {n} frames; short side {_SHORT.value}")
+    for name in _VARIANTS.value.split(","):
+        cls, changes = VARIANTS[name]
+        decoding = dict(config.eval.decoding) | {"short_side": _SHORT.value} | changes
+        segmenter = cls(model.encoder, model.head, inference.from_config(decoding))
+        start = time.perf_counter()
+        row = []
+        for sequence in sequences:
+            pred = np.stack(list(segmenter.segment(sequence)))
+            gt = np.stack([sequence.read_mask(t) for t in range(len(sequence))])
+            scores = davis_protocol.evaluate_sequence(gt, pred, sequence.name)
+            j = np.mean([j_f[0].mean() for j_f in scores.values()])
+            row.append(
+                f"{sequence.name} J {j:.3f} fg {(pred[1:] > 0).mean():.3f}/"
+                f"{((gt[1:] > 0) & (gt[1:] < 255)).mean():.3f}"
+            )
+        print(f"{name:12s} {time.perf_counter() - start:5.0f} s | " + " | ".join(row), flush=True)
+
+
+if __name__ == "__main__":
+    flags.mark_flags_as_required(["workdir"])
+    app.run(main)
