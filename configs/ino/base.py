@@ -143,6 +143,8 @@ def get_config(
     config.eval.block = 7
     config.eval.short_side = 480
     config.eval.propagation = dict(propagation.PRESETS["ino"].__dict__) | {"preset": "ino"}
+    # Applied over eval.propagation when eval.layout is 'youtube_vos' (INO's YouTube-VOS run).
+    config.eval.youtube_vos_propagation = {"num_recent": 20, "radius": 50.0}
     if smoke:
         config.model.update(
             {

@@ -211,3 +211,14 @@ def test_features_are_the_normalised_block_tokens():
     assert method.INOFeatures(model.student, block=4, short_side=16)(frame).shape == (2, 2, 32)
     with pytest.raises(ValueError, match="config.eval.block"):
         method.INOFeatures(model.student, block=5)
+
+
+def test_youtube_vos_layout_takes_more_recent_frames_and_a_larger_radius():
+    config = _config()
+    model = model_lib.INOModel(config.model, rngs=nnx.Rngs(0))
+    davis_settings = method.INO(config).make_segmenter(model).config
+    assert (davis_settings.top_k, davis_settings.num_recent, davis_settings.radius) == (5, 10, 40)
+    config.eval.layout = "youtube_vos"
+    settings = method.INO(config).make_segmenter(model).config
+    assert (settings.top_k, settings.num_recent, settings.radius) == (5, 20, 50)
+    assert settings.temperature == pytest.approx(0.1) and settings.neighbourhood == "square"

@@ -249,12 +249,16 @@ class INO:
         model.update_teacher(self.momentum(step))
 
     def make_segmenter(self, model: model_lib.INOModel) -> evaluate.PropagationSegmenter:
-        """Propagation (`config.eval.propagation`, the 'ino' preset) over block features."""
+        """Propagation over block features: `config.eval.propagation` (the 'ino' preset), with
+        `config.eval.youtube_vos_propagation` on top for the YouTube-VOS layout."""
         ev = self.config.eval
         backbone = model.student if ev.features == "student" else model.teacher
+        settings = ev.propagation.to_dict()
+        if ev.layout == "youtube_vos":  # INO: 20 recent frames and R=50 on YouTube-VOS
+            settings |= ev.youtube_vos_propagation.to_dict()
         return evaluate.PropagationSegmenter(
             INOFeatures(backbone, block=ev.block, short_side=ev.short_side),
-            propagation.from_config_dict(ev.propagation),
+            propagation.from_config_dict(settings),
         )
 
 
