@@ -42,17 +42,29 @@ def mfu(flops: float, step_s: float) -> str:
     return f"{flops / step_s / (peak * jax.device_count()):.1%}" if peak else "n/a (CPU)"
 
 
+def lowered_flops(trainer: Any, batch: Any) -> float:
+    """XLA's FLOP count of the lowered train step (the whole program, before the backend's
+    rewrites; NaN where the backend gives none, e.g. GPUs with jax 0.11: count on a CPU)."""
+    state = jax.eval_shape(trainer.init_state)
+    cost = trainer.train_step.lower(state, batch, trainer.train_rng).cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    return float((cost or {}).get("flops", float("nan")))
+
+
 def time_train_step(trainer: Any, batch: Any, steps: int) -> dict[str, float]:
     """Compiles `trainer.train_step` for `batch`, runs it once, then times `steps` steps.
 
     Returns:
-      {'compile_s', 'step_s', 'flops' (XLA's count of the compiled step), 'peak_mb'}.
+      {'compile_s', 'step_s', 'flops', 'peak_mb'}. 'flops' is XLA's count of the lowered step
+      (the whole program, before the backend's rewrites): the compiled GPU program hides its
+      convolutions in cuDNN calls that XLA's count of it leaves out.
     """
     state = trainer.init_state()
     start = time.perf_counter()
-    compiled = trainer.train_step.lower(state, batch, trainer.train_rng).compile()
+    lowered = trainer.train_step.lower(state, batch, trainer.train_rng)
+    compiled = lowered.compile()
     compile_s = time.perf_counter() - start
-    cost = compiled.cost_analysis()
+    cost = lowered.cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost
     flops = float((cost or {}).get("flops", float("nan")))
     state, _ = compiled(state, batch, trainer.train_rng)

@@ -35,6 +35,9 @@ _GLOBAL = flags.DEFINE_integer("global_size", 224, "Global crop side.")
 _LOCAL = flags.DEFINE_integer("local_size", 64, "Local crop side.")
 _NUM_LOCAL = flags.DEFINE_integer("num_local", 8, "Local crops per frame.")
 _BACKBONE = flags.DEFINE_enum("backbone", "vits8", ["vits8", "vits16", "vitb8"], "The ViT.")
+_FLOPS_ONLY = flags.DEFINE_bool(
+    "flops_only", False, "Print the train step's FLOP count (lowered, not run) and stop."
+)
 _STEPS = flags.DEFINE_integer("steps", 3, "Timed train steps after the first (compiling) one.")
 _FRAMES = flags.DEFINE_integer("frames", 20, "Frames of the inference sequence (2 warm up).")
 _SEQUENCE = flags.DEFINE_string("sequence", "blackswan", "DAVIS2016 val sequence.")
@@ -54,6 +57,8 @@ def bench_train_step(config) -> dict[str, float]:
         "frame_indices": np.tile(np.arange(t, dtype=np.int32), (b, 1)),
     }
     batch = sharding.shard_batch(batch, trainer.mesh)
+    if _FLOPS_ONLY.value:
+        return {"flops": bench_common.lowered_flops(trainer, batch)}
     return bench_common.time_train_step(trainer, batch, _STEPS.value)
 
 
@@ -83,6 +88,9 @@ def main(argv: Sequence[str]) -> None:
     config.data.local_size = _LOCAL.value
     config.data.num_local = _NUM_LOCAL.value
     step = bench_train_step(config)
+    if _FLOPS_ONLY.value:
+        print(f"train step: {step['flops'] / 1e9:.0f} GFLOP (lowered)")
+        return
     mfu = bench_common.mfu(step["flops"], step["step_s"])
     fps, size = bench_inference(config)
     b, t = config.batch_size, config.data.clip_len
@@ -95,7 +103,7 @@ def main(argv: Sequence[str]) -> None:
     print("|---|---|---|---|---|---|---|---|")
     print(
         f"| {b} x {t}, {config.data.global_size}, {config.data.local_size} x "
-        f"{config.data.num_local} | {step['compile_s']:.1f} | {step['step_s']:.2f} | "
+        f"{config.data.num_local} | {step['compile_s']:.1f} | {step['step_s']:.3f} | "
         f"{b / step['step_s']:.2f} | {images / step['step_s']:.1f} | "
         f"{step['flops'] / 1e9:.0f} | {mfu} | {step['peak_mb']:.0f} |"
     )

@@ -32,6 +32,9 @@ from vosjax.methods.maskvos import inference, method
 
 _BATCH = flags.DEFINE_integer("batch", 12, "Global batch size (clips).")
 _CROP = flags.DEFINE_integer("crop", 256, "Crop size.")
+_FLOPS_ONLY = flags.DEFINE_bool(
+    "flops_only", False, "Print the train step's FLOP count (lowered, not run) and stop."
+)
 _STEPS = flags.DEFINE_integer("steps", 3, "Timed train steps after the first (compiling) one.")
 _FRAMES = flags.DEFINE_integer("frames", 20, "Frames of the inference sequence (2 warm up).")
 _SEQUENCE = flags.DEFINE_string("sequence", "blackswan", "DAVIS2016 val sequence.")
@@ -56,6 +59,8 @@ def bench_train_step(config) -> dict[str, float]:
         "frame_indices": np.tile(np.arange(t, dtype=np.int32) * config.data.frame_gap, (b, 1)),
     }
     batch = sharding.shard_batch(batch, trainer.mesh)
+    if _FLOPS_ONLY.value:
+        return {"flops": bench_common.lowered_flops(trainer, batch)}
     return bench_common.time_train_step(trainer, batch, _STEPS.value)
 
 
@@ -83,6 +88,9 @@ def main(argv: Sequence[str]) -> None:
     config.batch_size = _BATCH.value
     config.data.crop = config.data.min_short = _CROP.value
     step = bench_train_step(config)
+    if _FLOPS_ONLY.value:
+        print(f"train step: {step['flops'] / 1e9:.0f} GFLOP (lowered)")
+        return
     mfu = bench_common.mfu(step["flops"], step["step_s"])
     inference_fps = {rounds: bench_inference(config, rounds) for rounds in (3, 0)}
     size = inference_fps[3][1]
@@ -91,7 +99,7 @@ def main(argv: Sequence[str]) -> None:
     print("|---|---|---|---|---|---|---|")
     print(
         f"| {config.batch_size}, {config.data.crop}, {config.data.clip_len} | "
-        f"{step['compile_s']:.1f} | {step['step_s']:.2f} | "
+        f"{step['compile_s']:.1f} | {step['step_s']:.3f} | "
         f"{config.batch_size / step['step_s']:.2f} | {step['flops'] / 1e9:.0f} | {mfu} | "
         f"{step['peak_mb']:.0f} |"
     )

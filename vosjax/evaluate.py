@@ -22,7 +22,6 @@ import ml_collections
 import numpy as np
 import tqdm
 from absl import app, flags, logging
-from clu import metric_writers
 from ml_collections import config_flags
 
 from vosjax.data import davis, image_io, results_writer, youtube_vos
@@ -206,6 +205,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict | None:
     if config.data.layout == "youtube_vos" and config.eval.write_pngs:
         archive = results_writer.make_youtube_vos_submission(results_dir, sequences)
         logging.info("YouTube-VOS submission (upload to the evaluation server): %s", archive)
+    from clu import metric_writers  # imports TensorFlow: only where summaries are written
+
     summary_writer = metric_writers.create_default_writer(
         str(workdir / "eval"), just_logging=jax.process_index() > 0
     )

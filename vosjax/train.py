@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import pathlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import flax
 import jax
@@ -23,11 +23,16 @@ import ml_collections
 import numpy as np
 import optax
 from absl import logging
-from clu import metric_writers, metrics, parameter_overview, periodic_actions
+from clu import metrics, parameter_overview
 from flax import nnx
 
 from vosjax import checkpointing, optimizers, sharding
 from vosjax.data import sequence as sequence_lib
+
+if TYPE_CHECKING:
+    # Imported where a run writes summaries: clu's writers (and periodic actions) import
+    # TensorFlow, which the train step, the Trainer and the benchmarks do not need.
+    from clu import metric_writers
 
 INIT_STREAM = 0
 TRAIN_STREAM = 1
@@ -500,6 +505,8 @@ def train_and_evaluate(
         save_interval_steps=config.checkpoint_every_steps,
         async_writes=config.async_checkpoints,
     )
+    from clu import metric_writers
+
     writer = metric_writers.create_default_writer(
         str(workdir), just_logging=jax.process_index() > 0
     )
@@ -540,6 +547,8 @@ def evaluate_checkpoint(
                 f"evaluate; saved steps: {sorted(steps)}"
             )
         state, step = checkpointer.restore(trainer.abstract_state, step)
+    from clu import metric_writers
+
     writer = metric_writers.create_default_writer(
         str(workdir), just_logging=jax.process_index() > 0
     )
@@ -580,6 +589,8 @@ def _loop(
         if resumed and step != current_round:
             checkpointer.restore_data(step, data_iterator)
     logging.info("Training from step %d to %d", step, num_steps)
+    from clu import periodic_actions
+
     hooks = [periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer)]
     if config.profile.enabled and jax.process_index() == 0:
         hooks.append(
