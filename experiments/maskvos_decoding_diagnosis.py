@@ -31,9 +31,8 @@ from absl import app, flags
 
 from configs.maskvos import davis2016
 from vosjax import checkpointing, train
-from vosjax import main as vosjax_main
 from vosjax.data import davis
-from vosjax.methods.maskvos import inference
+from vosjax.methods.maskvos import inference, method
 from vosjax.metrics import davis_protocol
 from vosjax.ops import label_resize
 
@@ -97,7 +96,7 @@ VARIANTS = {
 def main(argv: Sequence[str]) -> None:
     del argv
     config = davis2016.get_config()
-    trainer = train.Trainer(config, vosjax_main.build_method(config))
+    trainer = train.Trainer(config, method.MaskVOS(config))
     step = None if _STEP.value < 0 else _STEP.value
     with checkpointing.Checkpointer(
         pathlib.Path(_WORKDIR.value) / "checkpoints", handle_sigterm=False
