@@ -54,16 +54,7 @@ class CoarseOnly(inference.MaskDecodingSegmenter):
 
     def _predict(self, head, normed, features, key, memory, slot_valid, object_valid):
         del head, features
-        cfg = self.config
-        weights, indices = inference.top_k_affinity(
-            key,
-            memory.keys,
-            slot_valid,
-            top_k=cfg.top_k,
-            temperature=cfg.temperature,
-            radius=cfg.radius,
-            restrict_first=cfg.restrict_first_frame,
-        )
+        weights, indices = self._affinity(key, memory, slot_valid)
         coarse = inference.read_memory(weights, indices, memory.masks)
         up = label_resize.resize_labels(coarse, normed.shape[1:3]).transpose(2, 0, 1)
         valid = jnp.concatenate([jnp.ones((1,), bool), object_valid])

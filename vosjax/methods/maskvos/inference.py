@@ -583,6 +583,22 @@ class MaskDecodingSegmenter:
         )
         return probs[:, : resized[0], : resized[1]].transpose(1, 2, 0), entry
 
+    def _affinity(
+        self, key: jax.Array, memory: Memory, slot_valid: jax.Array
+    ) -> tuple[jax.Array, jax.Array]:
+        """`top_k_affinity` of the query key [h, w, D] to the memory with this config."""
+        cfg = self.config
+        return top_k_affinity(
+            key,
+            memory.keys,
+            slot_valid,
+            top_k=cfg.top_k,
+            temperature=cfg.temperature,
+            radius=cfg.radius,
+            restrict_first=cfg.restrict_first_frame,
+            block_size=cfg.block_size,
+        )
+
     def _predict(
         self,
         head: mask_model.MaskHead,
@@ -596,16 +612,7 @@ class MaskDecodingSegmenter:
         """Class probabilities [K + 1, Hp, Wp] of the query frame from the memory."""
         cfg = self.config
         m, h, w, k, c = memory.values.shape
-        weights, indices = top_k_affinity(
-            key,
-            memory.keys,
-            slot_valid,
-            top_k=cfg.top_k,
-            temperature=cfg.temperature,
-            radius=cfg.radius,
-            restrict_first=cfg.restrict_first_frame,
-            block_size=cfg.block_size,
-        )
+        weights, indices = self._affinity(key, memory, slot_valid)
         coarse = read_memory(weights, indices, memory.masks)  # [h, w, K + 1]
         readout = read_memory(weights, indices, memory.values.reshape(m, h, w, k * c))
         readout = readout.reshape(h, w, k, c).transpose(2, 0, 1, 3)[None]
