@@ -99,8 +99,6 @@ def make_transform(data: ml_collections.ConfigDict) -> INOCrops:
 class INO:
     """The INO method (`vosjax.train.Method`): model, crops, losses, EMA, segmenter."""
 
-    fp32_inputs = ()
-
     def __init__(self, config: ml_collections.ConfigDict):
         self.config = config
         clip_len = config.data.clip_len
@@ -160,7 +158,7 @@ class INO:
         n = grid[0] * grid[1]
         images = normalize(glob.reshape(b * t, *glob.shape[2:])).astype(dtype)
         masks = self._masks(rng, b, grid)  # [B, h, w]
-        if not self.config.loss.mim_weight and not self.config.loss.affinity_weight:
+        if not cfg.mim_weight and not cfg.affinity_weight:
             masks = jnp.zeros_like(masks)
         frame_masks = jnp.repeat(masks, t, axis=0)  # [B T, h, w]
         drop_key = jax.random.fold_in(rng, DROP_PATH_STREAM)
