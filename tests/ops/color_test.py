@@ -1,4 +1,5 @@
 import cv2
+import jax.numpy as jnp
 import numpy as np
 
 from vosjax.ops import color
@@ -16,3 +17,9 @@ def test_rgb_to_lab_known_colours():
     np.testing.assert_allclose(lab[0], [0, 0, 0], atol=1e-3)
     np.testing.assert_allclose(lab[1], [100, 0, 0], atol=1e-2)
     np.testing.assert_allclose(lab[2], [53.24, 80.09, 67.20], atol=0.05)
+
+
+def test_normalize_frames_imagenet():
+    frames = jnp.full((1, 2, 2, 3), 255, jnp.uint8)
+    expected = (1.0 - np.array(color.IMAGENET_MEAN)) / np.array(color.IMAGENET_STD)
+    np.testing.assert_allclose(color.normalize_frames(frames)[0, 0, 0], expected, rtol=1e-6)

@@ -14,6 +14,16 @@ _RGB_TO_XYZ = np.array(
     ]
 )
 _D65_WHITE = np.array([0.950456, 1.0, 1.088754])
+# ImageNet statistics in [0, 1] units, applied to uint8 frames by `normalize_frames`.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def normalize_frames(frames: jnp.ndarray) -> jnp.ndarray:
+    """uint8 (or 0..255 float) frames [..., 3] -> (x / 255 - mean) / std with ImageNet's
+    statistics, float32 (the input of every pretrained-style backbone here)."""
+    x = jnp.asarray(frames).astype(jnp.float32) / 255.0
+    return (x - jnp.asarray(IMAGENET_MEAN)) / jnp.asarray(IMAGENET_STD)
 
 
 def rgb_to_lab(rgb: jnp.ndarray) -> jnp.ndarray:

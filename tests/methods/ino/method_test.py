@@ -10,6 +10,7 @@ from configs.ino import vits8_davis2016
 from vosjax import sharding, train
 from vosjax.methods.ino import losses, method
 from vosjax.methods.ino import model as model_lib
+from vosjax.ops import color
 
 
 def _config(clip_len=4, **loss):
@@ -113,7 +114,7 @@ def test_loss_pairs_frames_n_and_n_plus_half_and_masks_the_student():
 
     # The same terms assembled by hand from the networks' outputs.
     b, t = 8, 4
-    images = method.normalize(batch["global"].reshape(b * t, 32, 32, 3))
+    images = color.normalize_frames(batch["global"].reshape(b * t, 32, 32, 3))
     masks = ino._masks(rng, b, (4, 4))
     assert 0 < float(jnp.mean(masks)) <= 0.5
     drop = jax.random.fold_in(rng, method.DROP_PATH_STREAM)
@@ -122,7 +123,7 @@ def test_loss_pairs_frames_n_and_n_plus_half_and_masks_the_student():
         key=drop,
     )  # fmt: skip
     teacher = model_lib.tokens_through_head(model.teacher, model.teacher_head, images)
-    local_images = method.normalize(batch["local"].reshape(b * t * 2, 16, 16, 3))
+    local_images = color.normalize_frames(batch["local"].reshape(b * t * 2, 16, 16, 3))
     local = model_lib.tokens_through_head(
         model.student, model.student_head, local_images, train=True,
         key=jax.random.fold_in(drop, 1), with_patches=False,
@@ -203,7 +204,7 @@ def test_features_are_the_normalised_block_tokens():
     frame = np.random.default_rng(0).integers(0, 256, (40, 56, 3), dtype=np.uint8)
     features = method.INOFeatures(model.teacher, block=2, short_side=None)(frame)
     assert features.shape == (5, 7, 32)
-    out = model.student(method.normalize(jnp.asarray(frame))[None], return_blocks=(2,))
+    out = model.student(color.normalize_frames(jnp.asarray(frame))[None], return_blocks=(2,))
     tokens = np.asarray(out["blocks"][2][0, 1:]).reshape(5, 7, 32)
     expected = tokens / np.linalg.norm(tokens, axis=-1, keepdims=True)
     np.testing.assert_allclose(features, expected, atol=1e-5)  # teacher == student at init

@@ -56,12 +56,6 @@ def test_train_mode_updates_batch_statistics():
     assert not np.allclose(before, model.key_norm.mean[...])
 
 
-def test_normalize_frames_imagenet():
-    frames = jnp.full((1, 2, 2, 3), 255, jnp.uint8)
-    expected = (1.0 - np.array(encoder.IMAGENET_MEAN)) / np.array(encoder.IMAGENET_STD)
-    np.testing.assert_allclose(encoder.normalize_frames(frames)[0, 0, 0], expected, rtol=1e-6)
-
-
 @pytest.mark.parametrize(
     "kwargs, field",
     [({"backbone": "vit"}, "backbone"), ({"backbone": "resnet18", "output_stride": 32}, "stride")],

@@ -362,7 +362,7 @@ def test_prepare_frame_pads_with_the_mean_colour():
     x = inference.prepare_frame(frame, (10, 13))
     assert x.shape == (1, 16, 16, 3)
     np.testing.assert_allclose(x[0, :10, :13], 7.0)
-    normed = encoder.normalize_frames(x)
+    normed = color.normalize_frames(x)
     np.testing.assert_allclose(normed[0, 10:], 0.0, atol=1e-6)
     np.testing.assert_allclose(normed[0, :, 13:], 0.0, atol=1e-6)
 

@@ -34,21 +34,14 @@ import numpy as np
 from flax import nnx
 
 from vosjax import evaluate
-from vosjax.data import transforms, transforms_multicrop
+from vosjax.data import transforms_multicrop
 from vosjax.methods.ino import losses, mask_generator
 from vosjax.methods.ino import model as model_lib
-from vosjax.ops import affinity, ema, propagation
+from vosjax.ops import affinity, color, ema, propagation
 
 MASK_STREAM = 1
 DROP_PATH_STREAM = 2
 FEATURE_SOURCES = ("student", "teacher")
-
-
-def normalize(frames: jax.Array) -> jax.Array:
-    """uint8 (or 0..255 float) [..., 3] -> (x / 255 - mean) / std with ImageNet statistics."""
-    x = frames.astype(jnp.float32) / 255.0
-    mean = jnp.asarray(transforms.Normalize.mean, jnp.float32)
-    return (x - mean) / jnp.asarray(transforms.Normalize.std, jnp.float32)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -156,7 +149,7 @@ class INO:
         p = model.student.patch_size
         grid = (size // p, size // p)
         n = grid[0] * grid[1]
-        images = normalize(glob.reshape(b * t, *glob.shape[2:])).astype(dtype)
+        images = color.normalize_frames(glob.reshape(b * t, *glob.shape[2:])).astype(dtype)
         masks = self._masks(rng, b, grid)  # [B, h, w]
         if not cfg.mim_weight and not cfg.affinity_weight:
             masks = jnp.zeros_like(masks)
@@ -182,7 +175,8 @@ class INO:
         if cfg.out_weight and cfg.local_to_global:
             crops = batch["local"]
             m = crops.shape[2]
-            local_images = normalize(crops.reshape(b * t * m, *crops.shape[3:])).astype(dtype)
+            local_images = crops.reshape(b * t * m, *crops.shape[3:])
+            local_images = color.normalize_frames(local_images).astype(dtype)
             local = model_lib.tokens_through_head(
                 model.student, model.student_head, local_images, train=True,
                 key=jax.random.fold_in(drop_key, 1), with_patches=False,
@@ -293,7 +287,7 @@ class INOFeatures:
             x = frame.astype(jnp.float32)
             if tuple(x.shape[:2]) != size:
                 x = jax.image.resize(x, (*size, 3), "bilinear", antialias=False)
-            out = module(normalize(x)[None], return_blocks=(self.block,))
+            out = module(color.normalize_frames(x)[None], return_blocks=(self.block,))
             tokens = out["blocks"][self.block][0, 1:].astype(jnp.float32)
             h, w = size[0] // self.patch, size[1] // self.patch
             return affinity.l2_normalize(tokens.reshape(h, w, -1))

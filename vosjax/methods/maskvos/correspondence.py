@@ -34,7 +34,7 @@ from flax import nnx
 from vosjax import evaluate
 from vosjax.data import transforms
 from vosjax.methods.maskvos import encoder as encoder_lib
-from vosjax.ops import correspondence_losses, propagation
+from vosjax.ops import color, correspondence_losses, propagation
 
 SHORT_TERM_MODES = ("paper", "cross_key")
 
@@ -263,7 +263,7 @@ class Correspondence:
         video = batch["video"]
         b, t = video.shape[:2]
         frames = jnp.concatenate([video.reshape(b * t, *video.shape[2:]), batch["view"]], axis=0)
-        keys = model(encoder_lib.normalize_frames(frames), train=True)["key"]
+        keys = model(color.normalize_frames(frames), train=True)["key"]
         keys = keys.astype(jnp.float32)
         return correspondence_terms(
             self.config.loss,
@@ -292,7 +292,7 @@ class KeyExtractor:
 
         def extract(state: Any, frame: jax.Array) -> jax.Array:
             module = nnx.merge(self.graphdef, state)
-            return module(encoder_lib.normalize_frames(frame[None]), train=False)["key"][0]
+            return module(color.normalize_frames(frame[None]), train=False)["key"][0]
 
         self._extract = jax.jit(extract)
 

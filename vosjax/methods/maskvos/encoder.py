@@ -20,15 +20,6 @@ from vosjax.models import resnet
 from vosjax.ops import correspondence_losses
 
 BACKBONES = ("resnet18", "resnet50")
-# ImageNet statistics in [0, 1] units, applied to uint8 frames by `normalize_frames`.
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-def normalize_frames(frames: jax.Array) -> jax.Array:
-    """uint8 (or 0..255 float) frames [..., 3] -> (x / 255 - mean) / std, float32."""
-    x = frames.astype(jnp.float32) / 255.0
-    return (x - jnp.asarray(IMAGENET_MEAN)) / jnp.asarray(IMAGENET_STD)
 
 
 def conv1x1(
@@ -109,7 +100,8 @@ class MaskVOSEncoder(nnx.Module):
         """Encodes normalised frames.
 
         Args:
-          x: [B, H, W, 3] frames normalised with ImageNet mean / std (`normalize_frames`).
+          x: [B, H, W, 3] frames normalised with ImageNet mean / std
+            (`vosjax.ops.color.normalize_frames`).
           train: use and update batch statistics if True.
 
         Returns:

@@ -61,7 +61,7 @@ from flax import nnx
 from vosjax.data import sequence as sequence_lib
 from vosjax.methods.maskvos import encoder as encoder_lib
 from vosjax.methods.maskvos import mask_model
-from vosjax.ops import affinity, label_resize
+from vosjax.ops import affinity, color, label_resize
 
 STRIDE = 8
 # Similarity of excluded memory positions: finite, so that exp() is exactly 0 without NaNs.
@@ -310,13 +310,13 @@ def padded_size(size: tuple[int, int]) -> tuple[int, int]:
 def prepare_frame(frame: jax.Array, resized: tuple[int, int]) -> jax.Array:
     """uint8 [H, W, 3] -> float32 [1, Hp, Wp, 3] in 0..255 units: bicubic resize, mean padding.
 
-    The padding is the ImageNet mean colour, which `normalize_frames` maps to 0.
+    The padding is the ImageNet mean colour, which `color.normalize_frames` maps to 0.
     """
     x = frame.astype(jnp.float32)
     if tuple(x.shape[:2]) != tuple(resized):
         x = jnp.clip(jax.image.resize(x, (*resized, 3), "bicubic"), 0.0, 255.0)
     hp, wp = padded_size(resized)
-    mean = 255.0 * jnp.asarray(encoder_lib.IMAGENET_MEAN, jnp.float32)
+    mean = 255.0 * jnp.asarray(color.IMAGENET_MEAN, jnp.float32)
     pads = ((0, hp - resized[0]), (0, wp - resized[1]), (0, 0))
     return (jnp.pad(x - mean, pads) + mean)[None]
 
@@ -553,7 +553,7 @@ class MaskDecodingSegmenter:
         self.trace_counts["step"] += 1
         encoder, head = nnx.merge(self._graphdef, state)
         x = prepare_frame(frame, resized)
-        normed = encoder_lib.normalize_frames(x)
+        normed = color.normalize_frames(x)
         features = encoder(normed, train=False)
         grid = (x.shape[1] // STRIDE, x.shape[2] // STRIDE)
         if self.key_fn is None:

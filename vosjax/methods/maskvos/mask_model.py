@@ -253,7 +253,7 @@ class FrameMaskEncoder(nnx.Module):
         """Encodes one object mask of each frame.
 
         Args:
-          frames: [B, H, W, 3] frames normalised with `encoder.normalize_frames`.
+          frames: [B, H, W, 3] frames normalised with `color.normalize_frames`.
           masks: [B, H, W] or [B, H, W, 1] the object's probability map in [0, 1].
           res4: [B, ceil(H/8), ceil(W/8), embed_dim] the frame's res4 from the encoder E.
           train: use and update the backbone's batch statistics if True.

@@ -25,6 +25,7 @@ from flax import nnx
 from vosjax import evaluate
 from vosjax.methods.maskvos import correspondence, inference, mask_data, mask_model, segmentation
 from vosjax.methods.maskvos import encoder as encoder_lib
+from vosjax.ops import color
 
 
 class MaskVOSModel(nnx.Module):
@@ -182,7 +183,7 @@ class MaskVOS:
         video = batch["video"]
         b, t = video.shape[:2]
         frames = jnp.concatenate([video.reshape(b * t, *video.shape[2:]), batch["view"]], axis=0)
-        frames = encoder_lib.normalize_frames(frames)
+        frames = color.normalize_frames(frames)
         outputs = model.encoder(frames, train=True)
         keys = outputs["key"].astype(jnp.float32)
         corr, aux = correspondence.correspondence_terms(

@@ -68,7 +68,7 @@ def segmentation_loss(
 
     Args:
       head: V and D.
-      frames: [B, T, S, S, 3] normalised frames (`encoder.normalize_frames`).
+      frames: [B, T, S, S, 3] normalised frames (`color.normalize_frames`).
       features: E's outputs per frame: 'key' [B, T, h, w, Dk] (unit norm), 'res4'
         [B, T, h, w, E], 'f3' [B, T, h, w, F3], 'f2' [B, T, 2h, 2w, F2]; h = S / 8.
       labels: int [B, T, h, w] pseudo masks, 0 background, 1..K objects.
