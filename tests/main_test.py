@@ -32,6 +32,7 @@ def _main(tmp_path, *args):
         "configs/maskvos/corr_r50.py",
         "configs/maskvos/r18.py",  # r50.py's full method: method_test (by eval_shape)
         "configs/ino/vits8_davis2016.py",
+        "configs/shls/msra10k.py",
     ],
 )
 def test_smoke_trains_evaluates_and_resumes(tmp_path, config):
@@ -55,8 +56,9 @@ def test_smoke_trains_evaluates_and_resumes(tmp_path, config):
             assert (masks / "meta.json").is_file()
             assert len([p for p in masks.iterdir() if p.is_dir()]) == 4
     if config.endswith("r50.py") or config.endswith("/r18.py"):
-        return  # resuming and evaluating are the same code for all; corr_r18 and INO (its
-        # EMA teacher and centres are model state that must come back) resume.
+        return  # resuming and evaluating are the same code for all; corr_r18, INO (its EMA
+        # teacher and centres are model state that must come back) and SHLS (still images
+        # through its own loader) resume.
 
     # The same command with a longer schedule resumes at step 2, not from scratch.
     process = _main(

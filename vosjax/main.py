@@ -4,6 +4,7 @@ python -m vosjax.main --config=configs/maskvos/corr_r18.py --workdir=W
 python -m vosjax.main --config=configs/maskvos/corr_r18.py --workdir=W --mode=eval [--step=N]
 python -m vosjax.main --config=configs/maskvos/r18.py --workdir=W   (clustering rounds inside)
 python -m vosjax.main --config=configs/ino/vits8_davis2016.py --workdir=W
+python -m vosjax.main --config=configs/shls/davis2016_frames.py --workdir=W   (still images)
 """
 
 from __future__ import annotations
@@ -37,10 +38,14 @@ def build_method(config: ml_collections.ConfigDict) -> train.Method:
         from vosjax.methods.ino import method
 
         return method.INO(config)
+    if config.method == "shls":
+        from vosjax.methods.shls import method
+
+        return method.SHLS(config)
     raise ValueError(f"config.method={config.method!r}; expected one of {METHODS}")
 
 
-METHODS = ("maskvos_correspondence", "maskvos", "ino")
+METHODS = ("maskvos_correspondence", "maskvos", "ino", "shls")
 
 
 def training_source(config: ml_collections.ConfigDict):
@@ -90,8 +95,29 @@ def clip_sampler(config: ml_collections.ConfigDict):
 
 
 def data_iterator_factory(config: ml_collections.ConfigDict, method: train.Method):
-    """Per-host batch size -> this host's checkpointable iterator of training batches."""
+    """Per-host batch size -> this host's checkpointable iterator of training batches.
+
+    Video methods give a clip transform (`make_transform`); a method that learns from other
+    items (SHLS: still images) gives its grain loader (`make_train_loader`).
+    """
     from vosjax.data import pipeline
+
+    if hasattr(method, "make_train_loader"):
+        loader = method.make_train_loader()
+
+        def loader_factory(host_batch_size: int):
+            del host_batch_size
+            return iter(
+                pipeline.make_loader_dataset(
+                    len(loader.source),
+                    loader,
+                    global_batch_size=config.batch_size,
+                    seed=config.seed,
+                    num_workers=config.data.num_workers,
+                )
+            )
+
+        return loader_factory
 
     source, sampler = training_source(config), clip_sampler(config)
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import cv2
@@ -124,21 +125,51 @@ def make_train_dataset(
     num_epochs: int | None = None,
 ) -> grain.IterDataset:
     """The training dataset of this host (see `make_train_iterator` for the arguments)."""
+    return make_loader_dataset(
+        len(source),
+        ClipLoader(source, sampler, transform),
+        global_batch_size=global_batch_size,
+        seed=seed,
+        shard_index=shard_index,
+        shard_count=shard_count,
+        num_workers=num_workers,
+        drop_remainder=drop_remainder,
+        num_epochs=num_epochs,
+    )
+
+
+def make_loader_dataset(
+    num_items: int,
+    loader: Callable[[int, np.random.Generator], dict[str, Any]],
+    *,
+    global_batch_size: int,
+    seed: int,
+    shard_index: int | None = None,
+    shard_count: int | None = None,
+    num_workers: int = 0,
+    drop_remainder: bool = True,
+    num_epochs: int | None = None,
+) -> grain.IterDataset:
+    """This host's shard of items 0..num_items-1, shuffled, mapped by `loader`, batched.
+
+    The generic half of `make_train_dataset`: `loader(index, rng)` turns an item index (a
+    video, a still image) into one example with the example's own RNG; the other arguments are
+    `make_train_iterator`'s.
+    """
     if shard_index is None or shard_count is None:
         import jax  # only for the defaults: tests and tools build pipelines without it
 
         shard_index = jax.process_index() if shard_index is None else shard_index
         shard_count = jax.process_count() if shard_count is None else shard_count
     per_host = _check_batch(global_batch_size, shard_count, shard_index)
-    ds = grain.MapDataset.range(len(source))[shard_index::shard_count]
+    ds = grain.MapDataset.range(num_items)[shard_index::shard_count]
     if len(ds) == 0:
         raise ValueError(
-            f"host {shard_index} of {shard_count} gets no video: the source has only {len(source)}"
+            f"host {shard_index} of {shard_count} gets no item: the source has only {num_items}"
         )
     ds = ds.shuffle(seed=seed).repeat(num_epochs)
     # Each host draws its own augmentations: the map seed mixes in the shard index.
     map_seed = int(np.random.SeedSequence([seed, shard_index]).generate_state(1)[0])
-    loader = ClipLoader(source, sampler, transform)
     ds = ds.random_map(loader, seed=map_seed)
     ds = ds.batch(per_host, drop_remainder=drop_remainder)
     iter_ds = ds.to_iter_dataset()

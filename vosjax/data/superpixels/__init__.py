@@ -1,0 +1,1 @@
+"""Superpixel label maps (SLIC, ISEC) computed on the CPU with numpy and OpenCV."""

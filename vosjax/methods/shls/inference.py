@@ -1,0 +1,295 @@
+"""SHLS inference: superfeatures in a clustered memory, attention maps, per-object decoding.
+
+For a video with the objects' masks given on their first frame (`evaluate.given_masks`):
+1. every frame is resized so that its short side is `short_side` and both sides are multiples
+   of 4, and cut into superpixels (ISEC by default; `config.eval.superpixels`), at most
+   `max_superpixels` of them (the rest are ignored);
+2. the first frame's superpixels enter the memory with the label of the majority of their
+   pixels; the memory holds `capacity_frames x max_superpixels` entries and never overwrites
+   its first `fixed_frames x max_superpixels` ones;
+3. for each later frame: the memory clusterer (kNN with k=2 and vote weights 0.5^i; spherical
+   k-means with 2 centres per class, refitted every frame) gives every superpixel 4 attention
+   channels per class and a kNN label (the pre-segmentation). For each object the
+   pre-segmentation's connected components that overlap the previous mask by more than
+   `outlier_overlap` of their area are kept and closed by their convex hull; the ROI is its
+   box enlarged by `roi_margin`, no smaller than the object's first box (the previous mask's
+   box when nothing is kept). The segmentation net predicts each object from the attention
+   maps, the frame's features, the previous frame's layer4 and the previous probabilities,
+   zero outside the ROI; soft aggregation joins the objects;
+4. superpixels whose mean probability of their arg-max class is at least `confidence` x that
+   class's mean over the frame are written to the memory with that class.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import cv2
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import nnx
+
+from vosjax import evaluate
+from vosjax.data import sequence as sequence_lib
+from vosjax.data.superpixels import isec, slic
+from vosjax.methods.shls import model as model_lib
+from vosjax.ops import memory_clustering, segment_pooling, soft_aggregation
+
+_LOG = logging.getLogger(__name__)
+
+
+def working_size(size: tuple[int, int], short_side: int | None) -> tuple[int, int]:
+    """(H', W'): short side `short_side` (None: unchanged), both sides rounded down to
+    multiples of 4 (the backbone's stride)."""
+    h, w = size
+    if short_side is not None:
+        scale = short_side / min(h, w)
+        h, w = round(h * scale), round(w * scale)
+    if min(h, w) < 8:
+        raise ValueError(f"frame {size} resized to {(h, w)}: expected at least 8 pixels a side")
+    return h // 4 * 4, w // 4 * 4
+
+
+def _box(mask: np.ndarray) -> tuple[int, int, int, int] | None:
+    """(y0, x0, y1, x1) inclusive of a bool mask, None when empty."""
+    ys, xs = np.nonzero(mask)
+    if not len(ys):
+        return None
+    return int(ys.min()), int(xs.min()), int(ys.max()), int(xs.max())
+
+
+def roi_mask(
+    preseg: np.ndarray,
+    previous: np.ndarray,
+    first_box: tuple[int, int, int, int] | None,
+    *,
+    margin: float,
+    min_overlap: float,
+) -> np.ndarray:
+    """The ROI of one object: float32 [H, W], 1 inside.
+
+    Args:
+      preseg: bool [H, W], the object's kNN pre-segmentation.
+      previous: bool [H, W], the object's previous mask.
+      first_box: the object's box on its first frame (the ROI's minimum size), or None.
+      margin: the box is enlarged by this fraction of its sides (half on each end).
+      min_overlap: a pre-segmentation component is kept when more than this fraction of its
+        pixels lie in `previous`.
+    """
+    h, w = preseg.shape
+    count, components = cv2.connectedComponents(preseg.astype(np.uint8), connectivity=8)
+    keep = np.zeros((h, w), bool)
+    for c in range(1, count):
+        comp = components == c
+        if (comp & previous).sum() > min_overlap * comp.sum():
+            keep |= comp
+    if keep.any():
+        points = cv2.findNonZero(keep.astype(np.uint8))
+        hull = cv2.convexHull(points)
+        filled = np.zeros((h, w), np.uint8)
+        cv2.fillConvexPoly(filled, hull, 1)
+        box = _box(filled.astype(bool))
+    else:
+        box = _box(previous)
+    if box is None:
+        return np.ones((h, w), np.float32)
+    y0, x0, y1, x1 = box
+    bh, bw = (y1 - y0 + 1) * (1 + margin), (x1 - x0 + 1) * (1 + margin)
+    if first_box is not None:
+        bh = max(bh, first_box[2] - first_box[0] + 1)
+        bw = max(bw, first_box[3] - first_box[1] + 1)
+    cy, cx = (y0 + y1) / 2, (x0 + x1) / 2
+    ys = np.arange(h)[:, None]
+    xs = np.arange(w)[None, :]
+    inside = (np.abs(ys - cy) <= bh / 2) & (np.abs(xs - cx) <= bw / 2)
+    return inside.astype(np.float32)
+
+
+class SHLSSegmenter:
+    """`evaluate.Segmenter` of a trained SHLS model (a snapshot of its weights)."""
+
+    def __init__(self, model: model_lib.SHLSModel, config: ml_collections.ConfigDict):
+        ev, mem = config.eval, config.memory
+        self.config = config
+        self.max_superpixels = ev.max_superpixels
+        self.short_side = ev.short_side
+        if ev.superpixels == "isec":
+            self.superpixel_fn = isec.isec
+        else:
+            self.superpixel_fn = functools.partial(
+                slic.slic,
+                num_segments=ev.slic_segments,
+                compactness=config.data.compactness,
+                sigma=config.data.sigma,
+            )
+        self.capacity = mem.capacity_frames * self.max_superpixels
+        self.num_fixed = mem.fixed_frames * self.max_superpixels
+        self.graphdef, self.state = nnx.split(model)
+        self._warned = False
+
+        def encode(state: Any, frame: jax.Array, labels: jax.Array) -> model_lib.Encoded:
+            module = nnx.merge(self.graphdef, state)
+            return model_lib.encode(
+                module, frame[None], labels[None], self.max_superpixels, train=False
+            )
+
+        def attention(
+            key: jax.Array, query: jax.Array, bank: memory_clustering.MemoryBank, num_classes: int
+        ) -> tuple[jax.Array, jax.Array]:
+            centers, center_valid = memory_clustering.class_centroids(
+                key,
+                bank,
+                num_classes,
+                clusters_per_class=mem.clusters_per_class,
+                num_iters=mem.kmeans_iters,
+                num_restarts=mem.kmeans_restarts,
+            )
+            out = memory_clustering.attention_features(
+                query, bank, centers, center_valid, num_classes, k=mem.k, ratio=mem.vote_ratio
+            )
+            return out.features, out.knn_label
+
+        def decode(
+            state: Any,
+            cur: model_lib.Encoded,
+            prev_l4: jax.Array,
+            labels: jax.Array,
+            att: jax.Array,
+            prev_probs: jax.Array,
+            roi: jax.Array,
+            object_valid: jax.Array,
+        ) -> jax.Array:
+            module = nnx.merge(self.graphdef, state)
+            num_objects, h, w = prev_probs.shape
+            pixel_att = segment_pooling.paint(att[:, 1:].reshape(att.shape[0], -1), labels)
+            pixel_att = pixel_att.reshape(h, w, num_objects, -1).transpose(2, 0, 1, 3)
+            rep = lambda x: jnp.repeat(x, num_objects, axis=0)  # noqa: E731
+            logits = module.segmenter(
+                rep(cur.l4), rep(prev_l4), rep(cur.l1), pixel_att, prev_probs, train=False
+            ).astype(jnp.float32)
+            probs = jax.nn.softmax(logits, -1)[..., 1] * roi
+            return soft_aggregation.soft_aggregate(probs, object_valid)  # [K + 1, H, W]
+
+        def update(
+            bank: memory_clustering.MemoryBank,
+            features: jax.Array,
+            valid: jax.Array,
+            labels: jax.Array,
+            probs: jax.Array,
+        ) -> memory_clustering.MemoryBank:
+            spx_probs, _ = segment_pooling.segment_mean(
+                probs.transpose(1, 2, 0), labels, self.max_superpixels
+            )  # [S, C]
+            label = jnp.argmax(spx_probs, -1)
+            conf = jnp.max(spx_probs, -1)
+            num_classes = probs.shape[0]
+            onehot = jax.nn.one_hot(label, num_classes) * valid[:, None]
+            class_mean = (onehot * conf[:, None]).sum(0) / jnp.maximum(onehot.sum(0), 1)
+            keep = valid & (conf >= mem.confidence * class_mean[label])
+            return memory_clustering.write_memory(
+                bank, features, label.astype(jnp.int32), keep, self.num_fixed
+            )
+
+        def write(bank, features, valid, classes):
+            return memory_clustering.write_memory(
+                bank, features, classes, valid & (classes >= 0), self.num_fixed
+            )
+
+        self._encode = jax.jit(encode)
+        self._attention = jax.jit(attention, static_argnums=3)
+        self._decode = jax.jit(decode)
+        self._update = jax.jit(update)
+        self._write = jax.jit(write)
+        self._majority = jax.jit(segment_pooling.majority_labels, static_argnums=(2, 3))
+
+    def _superpixels(self, frame: np.ndarray) -> np.ndarray:
+        labels = self.superpixel_fn(frame).astype(np.int32)
+        if labels.max() >= self.max_superpixels:
+            if not self._warned:
+                _LOG.warning(
+                    "%d superpixels > config.eval.max_superpixels=%d: the extra ones are ignored",
+                    labels.max() + 1,
+                    self.max_superpixels,
+                )
+                self._warned = True
+            labels = np.where(labels < self.max_superpixels, labels, -1)
+        return labels
+
+    def segment(self, sequence: sequence_lib.VideoSequence) -> Iterator[np.ndarray]:
+        inputs = evaluate.given_masks(sequence)
+        num_classes = 1 + max(sequence.start_frames, default=0)
+        height, width = sequence.image_size
+        size = working_size((height, width), self.short_side)
+        mem = self.config.memory
+        bank = memory_clustering.init_memory(self.capacity, self.config.model.superfeature_dim)
+        object_valid = np.zeros(num_classes - 1, bool)
+        first_boxes: dict[int, tuple[int, int, int, int] | None] = {}
+        prev_probs = np.zeros((num_classes - 1, *size), np.float32)
+        prev_l4 = None
+        key = jax.random.key(self.config.seed)
+        for t in range(len(sequence)):
+            frame = cv2.resize(sequence.read_frame(t), size[::-1], interpolation=cv2.INTER_LINEAR)
+            labels = self._superpixels(frame)
+            enc = self._encode(self.state, jnp.asarray(frame), jnp.asarray(labels))
+            features, valid = enc.superfeatures[0], enc.valid[0]
+            given = inputs.get(t)
+            if given is not None:
+                given = cv2.resize(given, size[::-1], interpolation=cv2.INTER_NEAREST)
+            if prev_l4 is None or not object_valid.any():
+                probs = np.zeros((num_classes, *size), np.float32)
+                probs[0] = 1.0
+            else:
+                att, knn_label = self._attention(
+                    jax.random.fold_in(key, t), features, bank, num_classes
+                )
+                preseg = np.asarray(segment_pooling.paint(knn_label[:, None], labels))[..., 0]
+                hard_prev = np.argmax(
+                    np.concatenate([1 - prev_probs.max(0, keepdims=True), prev_probs]), 0
+                )
+                rois = np.stack(
+                    [
+                        roi_mask(
+                            preseg == k,
+                            hard_prev == k,
+                            first_boxes.get(k),
+                            margin=mem.roi_margin,
+                            min_overlap=mem.outlier_overlap,
+                        )
+                        for k in range(1, num_classes)
+                    ]
+                )
+                probs = np.asarray(
+                    self._decode(
+                        self.state,
+                        model_lib.Encoded(enc.l1, enc.l4, features, valid),
+                        prev_l4,
+                        jnp.asarray(labels),
+                        att,
+                        jnp.asarray(prev_probs),
+                        jnp.asarray(rois),
+                        jnp.asarray(object_valid),
+                    )
+                )
+            if given is not None:  # objects that start here: their given mask wins
+                starting = given > 0
+                probs[:, starting] = 0.0
+                probs[given[starting], np.nonzero(starting)[0], np.nonzero(starting)[1]] = 1.0
+                for k in np.unique(given[starting]):
+                    object_valid[k - 1] = True
+                    first_boxes[int(k)] = _box(given == k)
+                classes = self._majority(
+                    jnp.asarray(labels), jnp.asarray(probs.argmax(0)), self.max_superpixels,
+                    num_classes,
+                )  # fmt: skip
+                bank = self._write(bank, features, valid, classes)
+            elif prev_l4 is not None and object_valid.any():
+                bank = self._update(bank, features, valid, jnp.asarray(labels), jnp.asarray(probs))
+            prev_probs = probs[1:]
+            prev_l4 = enc.l4
+            mask = probs.argmax(0).astype(np.uint8)
+            yield cv2.resize(mask, (width, height), interpolation=cv2.INTER_NEAREST)
