@@ -122,7 +122,9 @@ def test_working_size_is_a_multiple_of_the_stride():
         inference.working_size((6, 100), None)
 
 
-def test_segmenter_returns_the_given_first_mask_and_full_size_masks(tmp_path):
+def test_segmenter_returns_the_given_masks_and_full_size_masks(tmp_path):
+    """DAVIS gives every object on frame 0; YouTube-VOS gives object 3 on frame 2 (its given
+    mask wins there, and it is tracked from then on)."""
     config = _config()
     shls = method.SHLS(config)
     model = shls.build_model(config, nnx.Rngs(0))
@@ -131,18 +133,23 @@ def test_segmenter_returns_the_given_first_mask_and_full_size_masks(tmp_path):
     first = np.zeros((32, 44), np.uint8)
     first[5:15, 8:20] = 1
     first[18:26, 25:40] = 2
-
+    later = np.zeros((32, 44), np.uint8)
+    later[20:30, 2:12] = 3
     image_io.write_mask(tmp_path / "00000.png", first)
+    image_io.write_mask(tmp_path / "00002.png", later)
     sequence = sequence_lib.VideoSequence(
         name="toy",
         frame_names=tuple(f"{i:05d}" for i in range(4)),
         image_size=(32, 44),
         read_frame_fn=lambda i: frames[i],
-        mask_paths={0: tmp_path / "00000.png"},
+        mask_paths={0: tmp_path / "00000.png", 2: tmp_path / "00002.png"},
         output_frames=tuple(range(4)),
+        object_starts={1: 0, 2: 0, 3: 2},
     )
     masks = list(shls.make_segmenter(model).segment(sequence))
     assert len(masks) == 4
     assert all(m.shape == (32, 44) and m.dtype == np.uint8 for m in masks)
     np.testing.assert_array_equal(masks[0], first)  # sides already multiples of 4
-    assert set(np.unique(masks[1])) <= {0, 1, 2}
+    assert (masks[2][later == 3] == 3).all()
+    assert not (masks[1] == 3).any()  # object 3 does not exist before frame 2
+    assert set(np.unique(masks[3])) <= {0, 1, 2, 3}

@@ -263,7 +263,7 @@ class SHLSSegmenter:
                         for k in range(1, num_classes)
                     ]
                 )
-                probs = np.asarray(
+                probs = np.array(  # a writable copy: given masks may overwrite it
                     self._decode(
                         self.state,
                         model_lib.Encoded(enc.l1, enc.l4, features, valid),
