@@ -75,3 +75,15 @@ def time_train_step(trainer: Any, batch: Any, steps: int) -> dict[str, float]:
     jax.block_until_ready(state)
     step_s = (time.perf_counter() - start) / steps
     return {"compile_s": compile_s, "step_s": step_s, "flops": flops, "peak_mb": peak_mb()}
+
+
+def segment_fps(segmenter: Any, video: Any, frames: int) -> float:
+    """frames/s of `segmenter.segment(video)` over frames 2..frames-1 (frames 0 and 1 compile);
+    each yielded mask is a numpy array at the sequence's size, so the frame is done."""
+    masks = segmenter.segment(video)
+    for _ in range(2):
+        next(masks)
+    start = time.perf_counter()
+    for _ in range(frames - 2):
+        next(masks)
+    return (frames - 2) / (time.perf_counter() - start)

@@ -16,7 +16,6 @@ Prints a markdown table:
 from __future__ import annotations
 
 import pathlib
-import time
 from collections.abc import Sequence
 
 import jax
@@ -69,13 +68,7 @@ def bench_inference(config) -> tuple[float, tuple[int, int]]:
     segmenter = ino.make_segmenter(model)
     [video] = davis.load_davis(_DAVIS.value, "2016/val", "480p", [_SEQUENCE.value])
     frames = min(_FRAMES.value, len(video))
-    masks = segmenter.segment(video)
-    for _ in range(2):
-        next(masks)
-    start = time.perf_counter()
-    for _ in range(frames - 2):
-        next(masks)  # a numpy mask at the sequence's size: the frame is done
-    fps = (frames - 2) / (time.perf_counter() - start)
+    fps = bench_common.segment_fps(segmenter, video, frames)
     size = method.resized_size(video.image_size, config.eval.short_side, config.model.patch_size)
     return fps, size
 

@@ -21,8 +21,8 @@ from flax import nnx
 NORMS = ("batch", "group", "frozen_batch")
 OUTPUT_STRIDES = (8, 16, 32)
 # torch's BatchNorm momentum 0.1 weighs the new batch by 0.1; flax's weighs the old average.
-_BN_MOMENTUM = 0.9
-_BN_EPSILON = 1e-5
+BN_MOMENTUM = 0.9
+BN_EPSILON = 1e-5
 _GROUPS = 32
 
 Dtype = jnp.dtype | type | None
@@ -39,7 +39,7 @@ class FrozenBatchNorm(nnx.Module):
     an optimiser over nnx.Param leaves them alone; they are loaded from a pretrained checkpoint.
     """
 
-    def __init__(self, num_features: int, *, dtype: Dtype = None, epsilon: float = _BN_EPSILON):
+    def __init__(self, num_features: int, *, dtype: Dtype = None, epsilon: float = BN_EPSILON):
         self.scale = Frozen(jnp.ones((num_features,), jnp.float32))
         self.bias = Frozen(jnp.zeros((num_features,), jnp.float32))
         self.mean = Frozen(jnp.zeros((num_features,), jnp.float32))
@@ -63,7 +63,7 @@ class _GroupNorm(nnx.Module):
         self.norm = nnx.GroupNorm(
             num_features,
             num_groups=min(_GROUPS, num_features),
-            epsilon=_BN_EPSILON,
+            epsilon=BN_EPSILON,
             dtype=dtype,
             scale_init=scale_init,
             rngs=rngs,
@@ -75,7 +75,7 @@ class _GroupNorm(nnx.Module):
         return self.norm(x)
 
 
-def _make_norm(
+def make_norm(
     norm: str, num_features: int, *, dtype: Dtype, rngs: nnx.Rngs, zero_init: bool = False
 ) -> nnx.Module:
     """One normalisation layer of kind `norm`; `zero_init` starts its scale at 0 (residual ends)."""
@@ -83,8 +83,8 @@ def _make_norm(
     if norm == "batch":
         return nnx.BatchNorm(
             num_features,
-            momentum=_BN_MOMENTUM,
-            epsilon=_BN_EPSILON,
+            momentum=BN_MOMENTUM,
+            epsilon=BN_EPSILON,
             dtype=dtype,
             scale_init=scale_init,
             rngs=rngs,
@@ -94,6 +94,21 @@ def _make_norm(
     if norm == "frozen_batch":
         return FrozenBatchNorm(num_features, dtype=dtype)
     raise ValueError(f"resnet norm={norm!r}; expected one of {NORMS}")
+
+
+def stem_conv(in_features: int, out_features: int, *, dtype: Dtype, rngs: nnx.Rngs) -> nnx.Conv:
+    """The 7x7 stride-2 stem convolution (no bias, He-normal fan_out init, as torchvision)."""
+    return nnx.Conv(
+        in_features,
+        out_features,
+        (7, 7),
+        strides=2,
+        padding=((3, 3), (3, 3)),
+        use_bias=False,
+        dtype=dtype,
+        kernel_init=nnx.initializers.variance_scaling(2.0, "fan_out", "normal"),
+        rngs=rngs,
+    )
 
 
 def _conv(
@@ -146,7 +161,7 @@ class Downsample(nnx.Module):
         rngs: nnx.Rngs,
     ):
         self.conv = _conv(in_features, out_features, 1, stride=stride, dtype=dtype, rngs=rngs)
-        self.norm = _make_norm(norm, out_features, dtype=dtype, rngs=rngs)
+        self.norm = make_norm(norm, out_features, dtype=dtype, rngs=rngs)
 
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
         """x [B, H, W, C_in] -> [B, H / stride, W / stride, C_out]."""
@@ -172,9 +187,9 @@ class BasicBlock(nnx.Module):
     ):
         kw = {"dtype": dtype, "rngs": rngs}
         self.conv1 = _conv(in_features, planes, 3, stride=stride, dilation=dilation, **kw)
-        self.norm1 = _make_norm(norm, planes, **kw)
+        self.norm1 = make_norm(norm, planes, **kw)
         self.conv2 = _conv(planes, planes, 3, dilation=dilation, **kw)
-        self.norm2 = _make_norm(norm, planes, zero_init=zero_init_residual, **kw)
+        self.norm2 = make_norm(norm, planes, zero_init=zero_init_residual, **kw)
         needs_projection = stride != 1 or in_features != planes
         self.downsample = (
             Downsample(in_features, planes, stride, norm=norm, **kw) if needs_projection else None
@@ -209,11 +224,11 @@ class Bottleneck(nnx.Module):
         kw = {"dtype": dtype, "rngs": rngs}
         out_features = planes * self.expansion
         self.conv1 = _conv(in_features, planes, 1, **kw)
-        self.norm1 = _make_norm(norm, planes, **kw)
+        self.norm1 = make_norm(norm, planes, **kw)
         self.conv2 = _conv(planes, planes, 3, stride=stride, dilation=dilation, **kw)
-        self.norm2 = _make_norm(norm, planes, **kw)
+        self.norm2 = make_norm(norm, planes, **kw)
         self.conv3 = _conv(planes, out_features, 1, **kw)
-        self.norm3 = _make_norm(norm, out_features, zero_init=zero_init_residual, **kw)
+        self.norm3 = make_norm(norm, out_features, zero_init=zero_init_residual, **kw)
         needs_projection = stride != 1 or in_features != out_features
         self.downsample = (
             Downsample(in_features, out_features, stride, norm=norm, **kw)
@@ -324,18 +339,8 @@ class ResNet(nnx.Module):
         self.num_stages = num_stages
         self.dtype = dtype
         kw = {"dtype": dtype, "rngs": rngs}
-        self.conv1 = nnx.Conv(
-            in_channels,
-            64,
-            (7, 7),
-            strides=2,
-            padding=((3, 3), (3, 3)),
-            use_bias=False,
-            dtype=dtype,
-            kernel_init=nnx.initializers.variance_scaling(2.0, "fan_out", "normal"),
-            rngs=rngs,
-        )
-        self.norm1 = _make_norm(norm, 64, **kw)
+        self.conv1 = stem_conv(in_channels, 64, dtype=dtype, rngs=rngs)
+        self.norm1 = make_norm(norm, 64, **kw)
         layers = []
         in_features, previous_dilation = 64, 1
         for i in range(num_stages):

@@ -14,30 +14,6 @@ from flax import nnx
 
 from vosjax.models import resnet
 
-# torch's BatchNorm momentum 0.1 weighs the new batch by 0.1; flax's momentum weighs the old one.
-BN_MOMENTUM = 0.9
-BN_EPSILON = 1e-5
-_MAX_GROUPS = 32
-
-
-def _stem_norm(norm: str, num_features: int, *, dtype: resnet.Dtype, rngs: nnx.Rngs) -> nnx.Module:
-    """The stem's norm, of the same kind and settings as the norms inside `resnet.BasicBlock`."""
-    if norm == "batch":
-        return nnx.BatchNorm(
-            num_features, momentum=BN_MOMENTUM, epsilon=BN_EPSILON, dtype=dtype, rngs=rngs
-        )
-    if norm == "group":
-        return nnx.GroupNorm(
-            num_features,
-            num_groups=min(_MAX_GROUPS, num_features),
-            epsilon=BN_EPSILON,
-            dtype=dtype,
-            rngs=rngs,
-        )
-    if norm == "frozen_batch":
-        return resnet.FrozenBatchNorm(num_features, dtype=dtype)
-    raise ValueError(f"SHLSBackbone norm={norm!r}; expected one of {resnet.NORMS}")
-
 
 class SHLSBackbone(nnx.Module):
     """The SHLS encoder, randomly initialised (kernels He-normal, fan_out, as torchvision).
@@ -81,18 +57,8 @@ class SHLSBackbone(nnx.Module):
             raise ValueError(f"SHLSBackbone norm={norm!r}; expected one of {resnet.NORMS}")
         self.dtype = dtype
         self.width = width
-        self.conv1 = nnx.Conv(
-            3,
-            width,
-            (7, 7),
-            strides=2,
-            padding=((3, 3), (3, 3)),
-            use_bias=False,
-            dtype=dtype,
-            kernel_init=nnx.initializers.variance_scaling(2.0, "fan_out", "normal"),
-            rngs=rngs,
-        )
-        self.norm1 = _stem_norm(norm, width, dtype=dtype, rngs=rngs)
+        self.conv1 = resnet.stem_conv(3, width, dtype=dtype, rngs=rngs)
+        self.norm1 = resnet.make_norm(norm, width, dtype=dtype, rngs=rngs)
         planes_per_layer = (width, 2 * width, 4 * width, 4 * width)
         strides = (1, 2, 1, 1)
         layers = []
@@ -143,10 +109,7 @@ class SHLSBackbone(nnx.Module):
             raise ValueError(f"SHLSBackbone images of shape {images.shape}; expected [B, H, W, 3]")
         x = images if self.dtype is None else images.astype(self.dtype)
         x = self.conv1(x)
-        if isinstance(self.norm1, nnx.GroupNorm):
-            x = self.norm1(x)
-        else:
-            x = self.norm1(x, use_running_average=not train)
+        x = self.norm1(x, use_running_average=not train)
         x = nnx.relu(x)
         outputs = {"stem": x}
         for i, layer in enumerate(self.layers):

@@ -141,17 +141,7 @@ class SHLSSegmenter:
         def attention(
             key: jax.Array, query: jax.Array, bank: memory_clustering.MemoryBank, num_classes: int
         ) -> tuple[jax.Array, jax.Array]:
-            centers, center_valid = memory_clustering.class_centroids(
-                key,
-                bank,
-                num_classes,
-                clusters_per_class=mem.clusters_per_class,
-                num_iters=mem.kmeans_iters,
-                num_restarts=mem.kmeans_restarts,
-            )
-            out = memory_clustering.attention_features(
-                query, bank, centers, center_valid, num_classes, k=mem.k, ratio=mem.vote_ratio
-            )
+            out = model_lib.memory_attention(key, query, bank, num_classes, mem)
             return out.features, out.knn_label
 
         def decode(
@@ -165,9 +155,8 @@ class SHLSSegmenter:
             object_valid: jax.Array,
         ) -> jax.Array:
             module = nnx.merge(self.graphdef, state)
-            num_objects, h, w = prev_probs.shape
-            pixel_att = segment_pooling.paint(att[:, 1:].reshape(att.shape[0], -1), labels)
-            pixel_att = pixel_att.reshape(h, w, num_objects, -1).transpose(2, 0, 1, 3)
+            num_objects = prev_probs.shape[0]
+            pixel_att = model_lib.object_attention_maps(att, labels)
             rep = lambda x: jnp.repeat(x, num_objects, axis=0)  # noqa: E731
             logits = module.segmenter(
                 rep(cur.l4), rep(prev_l4), rep(cur.l1), pixel_att, prev_probs, train=False
@@ -235,7 +224,8 @@ class SHLSSegmenter:
         for t in range(len(sequence)):
             frame = cv2.resize(sequence.read_frame(t), size[::-1], interpolation=cv2.INTER_LINEAR)
             labels = self._superpixels(frame)
-            enc = self._encode(self.state, jnp.asarray(frame), jnp.asarray(labels))
+            device_labels = jnp.asarray(labels)  # one transfer for every use below
+            enc = self._encode(self.state, jnp.asarray(frame), device_labels)
             features, valid = enc.superfeatures[0], enc.valid[0]
             given = inputs.get(t)
             if given is not None:
@@ -247,7 +237,8 @@ class SHLSSegmenter:
                 att, knn_label = self._attention(
                     jax.random.fold_in(key, t), features, bank, num_classes
                 )
-                preseg = np.asarray(segment_pooling.paint(knn_label[:, None], labels))[..., 0]
+                preseg = np.asarray(segment_pooling.paint(knn_label[:, None], device_labels))
+                preseg = preseg[..., 0]
                 hard_prev = np.argmax(
                     np.concatenate([1 - prev_probs.max(0, keepdims=True), prev_probs]), 0
                 )
@@ -268,7 +259,7 @@ class SHLSSegmenter:
                         self.state,
                         model_lib.Encoded(enc.l1, enc.l4, features, valid),
                         prev_l4,
-                        jnp.asarray(labels),
+                        device_labels,
                         att,
                         jnp.asarray(prev_probs),
                         jnp.asarray(rois),
@@ -283,12 +274,12 @@ class SHLSSegmenter:
                     object_valid[k - 1] = True
                     first_boxes[int(k)] = _box(given == k)
                 classes = self._majority(
-                    jnp.asarray(labels), jnp.asarray(probs.argmax(0)), self.max_superpixels,
+                    device_labels, jnp.asarray(probs.argmax(0)), self.max_superpixels,
                     num_classes,
                 )  # fmt: skip
                 bank = self._write(bank, features, valid, classes)
             elif prev_l4 is not None and object_valid.any():
-                bank = self._update(bank, features, valid, jnp.asarray(labels), jnp.asarray(probs))
+                bank = self._update(bank, features, valid, device_labels, jnp.asarray(probs))
             prev_probs = probs[1:]
             prev_l4 = enc.l4
             mask = probs.argmax(0).astype(np.uint8)

@@ -214,29 +214,19 @@ class SHLS:
         l4 = enc.l4.reshape(b, t, *enc.l4.shape[1:])
         spx_ids = jnp.arange(1, num_classes)  # object ids 1..K
         object_valid = spx_ids[None, :] <= num_objects[:, None]  # [B, K]
+
+        def attention(key, query, mem_f, mem_c, mem_v):  # [S, C, 4] over frames 0..i-1
+            bank = memory_clustering.MemoryBank(
+                features=mem_f,
+                labels=mem_c,
+                valid=mem_v,
+                count=jnp.sum(mem_v).astype(jnp.int32),
+            )
+            return model_lib.memory_attention(key, query, bank, num_classes, mem).features
+
         total = 0.0
         for i in range(1, t):
             key = jax.random.fold_in(jax.random.fold_in(rng, KMEANS_STREAM), i)
-
-            def attention(key, query, mem_f, mem_c, mem_v):
-                bank = memory_clustering.MemoryBank(
-                    features=mem_f,
-                    labels=mem_c,
-                    valid=mem_v,
-                    count=jnp.sum(mem_v).astype(jnp.int32),
-                )
-                centers, center_valid = memory_clustering.class_centroids(
-                    key,
-                    bank,
-                    num_classes,
-                    clusters_per_class=mem.clusters_per_class,
-                    num_iters=mem.kmeans_iters,
-                    num_restarts=mem.kmeans_restarts,
-                )
-                return memory_clustering.attention_features(
-                    query, bank, centers, center_valid, num_classes, k=mem.k, ratio=mem.vote_ratio
-                ).features  # [S, C, 4]
-
             att = jax.vmap(attention)(
                 jax.random.split(key, b),
                 jax.lax.stop_gradient(sf[:, i]),
@@ -244,10 +234,9 @@ class SHLS:
                 classes[:, :i].reshape(b, i * s),
                 valid[:, :i].reshape(b, i * s),
             )
-            att = jax.lax.stop_gradient(att[:, :, 1:])  # objects only: [B, S, K, 4]
-            spx = superpixels[:, i]
-            pixel_att = jax.vmap(segment_pooling.paint)(att.reshape(b, s, -1), spx)
-            pixel_att = pixel_att.reshape(b, h, w, k_obj, 4).transpose(0, 3, 1, 2, 4)
+            pixel_att = jax.lax.stop_gradient(
+                jax.vmap(model_lib.object_attention_maps)(att, superpixels[:, i])
+            )  # [B, K, H, W, 4]
             prev = (masks[:, i - 1, None] == spx_ids[None, :, None, None]).astype(jnp.float32)
             now = masks[:, i, None] == spx_ids[None, :, None, None]  # [B, K, H, W]
             roi = roi_boxes(now, mem.roi_margin)

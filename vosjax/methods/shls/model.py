@@ -1,4 +1,5 @@
-"""The SHLS network: backbone, superfeatures and the segmentation net, and the shared encoder.
+"""The SHLS network: backbone, superfeatures and the segmentation net, and what training and
+inference share: the encoder and the memory clusterer's attention maps.
 
 `encode` is the part training and inference share: frames and their superpixel label maps ->
 the backbone's layer1 and layer4 features with the superpixel info map appended (the inputs of
@@ -23,7 +24,7 @@ from flax import nnx
 
 from vosjax.methods.shls import backbone as backbone_lib
 from vosjax.methods.shls import segmenter_net, superfeatures
-from vosjax.ops import color, segment_pooling
+from vosjax.ops import color, memory_clustering, segment_pooling
 
 INFO_DIM = 3  # superpixel size, mean x, mean y
 ATTENTION_DIM = 4  # the memory clusterer's channels per class
@@ -121,3 +122,35 @@ def encode(
     l1_cat, l4_cat, l1_pooled, l4_pooled, valid = jax.vmap(per_frame)(l1, l4, labels)
     sf = model.superfeatures(l1_pooled, l4_pooled, valid, train=train)
     return Encoded(l1_cat, l4_cat, sf.astype(jnp.float32), valid)
+
+
+def memory_attention(
+    key: jax.Array,
+    query: jax.Array,
+    bank: memory_clustering.MemoryBank,
+    num_classes: int,
+    memory: ml_collections.ConfigDict,
+) -> memory_clustering.Attention:
+    """The memory clusterer of `config.memory` for superfeatures `query` [S, D]: spherical
+    k-means centres per class refitted on `bank`, then kNN votes and the 4 attention channels
+    per class (`memory_clustering.attention_features`)."""
+    centers, center_valid = memory_clustering.class_centroids(
+        key,
+        bank,
+        num_classes,
+        clusters_per_class=memory.clusters_per_class,
+        num_iters=memory.kmeans_iters,
+        num_restarts=memory.kmeans_restarts,
+    )
+    return memory_clustering.attention_features(
+        query, bank, centers, center_valid, num_classes, k=memory.k, ratio=memory.vote_ratio
+    )
+
+
+def object_attention_maps(attention: jax.Array, labels: jax.Array) -> jax.Array:
+    """Attention channels [S, C, 4] of classes 0..C-1 -> the objects' (1..C-1) channels painted
+    onto the pixels of their superpixels (`labels` int32 [H, W]): [C - 1, H, W, 4]."""
+    s, c, channels = attention.shape
+    h, w = labels.shape
+    pixels = segment_pooling.paint(attention[:, 1:].reshape(s, -1), labels)
+    return pixels.reshape(h, w, c - 1, channels).transpose(2, 0, 1, 3)

@@ -19,7 +19,6 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from vosjax.methods.shls import backbone
 from vosjax.models import resnet
 
 
@@ -102,7 +101,7 @@ class SuperfeatureHead(nnx.Module):
                 f"SuperfeatureHead l1_dim={l1_dim}, l4_dim={l4_dim}, dim={dim}; expected >= 1"
             )
         kw = {"dtype": dtype, "rngs": rngs}
-        bn = {"momentum": backbone.BN_MOMENTUM, "epsilon": backbone.BN_EPSILON, **kw}
+        bn = {"momentum": resnet.BN_MOMENTUM, "epsilon": resnet.BN_EPSILON, **kw}
         self.l1_proj = _torch_linear(l1_dim, dim, **kw)
         self.l1_norm = nnx.BatchNorm(dim, **bn)
         self.l4_proj = _torch_linear(l4_dim, dim, **kw)
