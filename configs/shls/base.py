@@ -16,7 +16,8 @@ superpixels of a frame (the first 5 x kept), superpixels with a mean probability
 their class mean written to it, an ROI per object from the kNN pre-segmentation (enlarged 30%).
 
 Switches: --config.loss.ml_weight / ce_weight (0 switches a loss off), --config.memory.k,
---config.memory.clusters_per_class, --config.eval.superpixels ('isec' or 'slic').
+--config.memory.clusters_per_class, --config.eval.superpixels ('isec' or 'slic'),
+--config.eval.output ('decoder', the paper's, or 'preseg': the kNN pre-segmentation alone).
 """
 
 import ml_collections
@@ -103,4 +104,6 @@ def get_config(
     config.eval.slic_segments = 20 if smoke else 1000  # SLIC at test time (the 'slic' switch)
     config.eval.max_superpixels = 96 if smoke else 2048
     config.eval.short_side = None if smoke else 480  # frames resized to this short side
+    # 'decoder': the segmentation net (the paper); 'preseg': the kNN pre-segmentation alone.
+    config.eval.output = "decoder"
     return config

@@ -51,6 +51,27 @@ def resize_frame(frame: np.ndarray, height: int, width: int) -> np.ndarray:
     return cv2.resize(frame, (width, height), interpolation=interpolation)
 
 
+def short_side_size(
+    size: tuple[int, int], short_side: int | None, multiple: int = 1, *, min_side: int = 1
+) -> tuple[int, int]:
+    """(H', W') of a frame of `size` resized so that its short side is `short_side` (None:
+    unchanged), both sides rounded, then floored to multiples of `multiple`.
+
+    Raises:
+      ValueError: the resized short side is below `min_side` or `multiple` pixels.
+    """
+    h, w = size
+    if short_side is not None:
+        scale = short_side / min(h, w)
+        h, w = round(h * scale), round(w * scale)
+    least = max(min_side, multiple)
+    if min(h, w) < least:
+        raise ValueError(
+            f"frame {tuple(size)} resized to {(h, w)}: expected at least {least} pixels a side"
+        )
+    return h // multiple * multiple, w // multiple * multiple
+
+
 def _per_frame_draws(per_frame: bool, num_frames: int) -> int:
     return num_frames if per_frame else 1
 

@@ -194,7 +194,7 @@ def test_resized_size_floors_to_the_patch():
     assert method.resized_size((720, 1280), 480, 8) == (480, 848)
     assert method.resized_size((240, 427), 480, 8) == (480, 848)
     assert method.resized_size((64, 100), None, 16) == (64, 96)
-    with pytest.raises(ValueError, match="patch"):
+    with pytest.raises(ValueError, match="at least 8 pixels"):
         method.resized_size((4, 100), None, 8)
 
 

@@ -153,3 +153,51 @@ def test_segmenter_returns_the_given_masks_and_full_size_masks(tmp_path):
     assert (masks[2][later == 3] == 3).all()
     assert not (masks[1] == 3).any()  # object 3 does not exist before frame 2
     assert set(np.unique(masks[3])) <= {0, 1, 2, 3}
+
+
+def test_preseg_output_on_a_static_video_is_the_first_mask_snapped_to_superpixels(tmp_path):
+    """With every frame the same, each superpixel's nearest memory entry is itself (its
+    frame-0 copy), so the pre-segmentation labels it with the majority of its first-frame
+    pixels; the decoder's output differs (a random net)."""
+    config = _config()
+    config.eval.output = "preseg"
+    shls = method.SHLS(config)
+    model = shls.build_model(config, nnx.Rngs(0))
+    rng = np.random.default_rng(1)
+    frame = rng.integers(0, 256, (32, 44, 3), dtype=np.uint8)
+    frame[4:20, 6:22] = (250, 30, 30)
+    first = np.zeros((32, 44), np.uint8)
+    first[6:18, 8:20] = 1  # inside the red square: its superpixels are mostly object
+    first[22:30, 26:42] = 2
+    image_io.write_mask(tmp_path / "00000.png", first)
+    sequence = sequence_lib.VideoSequence(
+        name="static",
+        frame_names=("00000", "00001", "00002"),
+        image_size=(32, 44),
+        read_frame_fn=lambda i: frame,
+        mask_paths={0: tmp_path / "00000.png"},
+        output_frames=(0, 1, 2),
+        object_starts={1: 0, 2: 0},
+    )
+    segmenter = shls.make_segmenter(model)
+    masks = list(segmenter.segment(sequence))
+    labels = segmenter._superpixels(frame)
+    expected = np.zeros_like(first)
+    for s in np.unique(labels[labels >= 0]):
+        votes = np.bincount(first[labels == s], minlength=3)
+        expected[labels == s] = np.argmax(votes)
+    assert (expected != first).any()  # the snapping is visible
+    np.testing.assert_array_equal(masks[0], first)
+    np.testing.assert_array_equal(masks[1], expected)
+    np.testing.assert_array_equal(masks[2], expected)
+    config.eval.output = "decoder"
+    decoded = list(method.SHLS(config).make_segmenter(model).segment(sequence))
+    assert not np.array_equal(decoded[1], expected)
+
+
+def test_unknown_output_names_the_field():
+    config = _config()
+    config.eval.output = "knn"
+    model = method.SHLS(config).build_model(config, nnx.Rngs(0))
+    with pytest.raises(ValueError, match="config.eval.output='knn'"):
+        inference.SHLSSegmenter(model, config)

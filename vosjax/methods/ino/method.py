@@ -34,7 +34,7 @@ import numpy as np
 from flax import nnx
 
 from vosjax import evaluate
-from vosjax.data import transforms_multicrop
+from vosjax.data import transforms, transforms_multicrop
 from vosjax.methods.ino import losses, mask_generator
 from vosjax.methods.ino import model as model_lib
 from vosjax.ops import affinity, color, ema, propagation
@@ -256,13 +256,7 @@ class INO:
 
 def resized_size(size: tuple[int, int], short_side: int | None, patch: int) -> tuple[int, int]:
     """(H', W'): short side `short_side` (None: unchanged), both floored to multiples of `patch`."""
-    h, w = size
-    if short_side is not None:
-        scale = short_side / min(h, w)
-        h, w = round(h * scale), round(w * scale)
-    if min(h, w) < patch:
-        raise ValueError(f"frame {size} resized to {(h, w)}: smaller than a {patch}-pixel patch")
-    return h // patch * patch, w // patch * patch
+    return transforms.short_side_size(size, short_side, patch)
 
 
 class INOFeatures:

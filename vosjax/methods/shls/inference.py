@@ -18,6 +18,9 @@ For a video with the objects' masks given on their first frame (`evaluate.given_
    zero outside the ROI; soft aggregation joins the objects;
 4. superpixels whose mean probability of their arg-max class is at least `confidence` x that
    class's mean over the frame are written to the memory with that class.
+
+`config.eval.output='preseg'` (an ablation, not the paper's pipeline) skips the segmentation
+net: each object's mask is its pre-segmentation inside its ROI, one-hot probabilities.
 """
 
 from __future__ import annotations
@@ -36,23 +39,20 @@ from flax import nnx
 
 from vosjax import evaluate
 from vosjax.data import sequence as sequence_lib
+from vosjax.data import transforms
 from vosjax.data.superpixels import isec, slic
 from vosjax.methods.shls import model as model_lib
 from vosjax.ops import memory_clustering, segment_pooling, soft_aggregation
 
 _LOG = logging.getLogger(__name__)
 
+OUTPUTS = ("decoder", "preseg")  # config.eval.output
+
 
 def working_size(size: tuple[int, int], short_side: int | None) -> tuple[int, int]:
     """(H', W'): short side `short_side` (None: unchanged), both sides rounded down to
-    multiples of 4 (the backbone's stride)."""
-    h, w = size
-    if short_side is not None:
-        scale = short_side / min(h, w)
-        h, w = round(h * scale), round(w * scale)
-    if min(h, w) < 8:
-        raise ValueError(f"frame {size} resized to {(h, w)}: expected at least 8 pixels a side")
-    return h // 4 * 4, w // 4 * 4
+    multiples of 4 (the backbone's stride), at least 8 pixels."""
+    return transforms.short_side_size(size, short_side, 4, min_side=8)
 
 
 def _box(mask: np.ndarray) -> tuple[int, int, int, int] | None:
@@ -110,6 +110,14 @@ def roi_mask(
     return inside.astype(np.float32)
 
 
+def _preseg_probs(preseg: np.ndarray, rois: np.ndarray, object_valid: np.ndarray) -> np.ndarray:
+    """The kNN pre-segmentation int [H, W] as one-hot probabilities [K + 1, H, W]: object k
+    inside its ROI (`rois` [K, H, W]) when it is valid, background elsewhere."""
+    objects = np.arange(1, len(rois) + 1)[:, None, None]
+    fg = (preseg[None] == objects) & (rois > 0) & object_valid[:, None, None]
+    return np.concatenate([~fg.any(0, keepdims=True), fg]).astype(np.float32)
+
+
 class SHLSSegmenter:
     """`evaluate.Segmenter` of a trained SHLS model (a snapshot of its weights)."""
 
@@ -118,6 +126,9 @@ class SHLSSegmenter:
         self.config = config
         self.max_superpixels = ev.max_superpixels
         self.short_side = ev.short_side
+        if ev.output not in OUTPUTS:
+            raise ValueError(f"config.eval.output={ev.output!r}: expected one of {OUTPUTS}")
+        self.output = ev.output
         if ev.superpixels == "isec":
             self.superpixel_fn = isec.isec
         else:
@@ -209,12 +220,57 @@ class SHLSSegmenter:
             labels = np.where(labels < self.max_superpixels, labels, -1)
         return labels
 
+    def _predict(
+        self,
+        key: jax.Array,
+        enc: model_lib.Encoded,
+        labels: jax.Array,
+        bank: memory_clustering.MemoryBank,
+        prev_l4: jax.Array,
+        prev_probs: np.ndarray,
+        object_valid: np.ndarray,
+        first_boxes: dict[int, tuple[int, int, int, int] | None],
+    ) -> np.ndarray:
+        """One later frame's probabilities [K + 1, H, W] (a writable array): memory clusterer,
+        pre-segmentation, ROIs, then the segmentation net (or the pre-segmentation alone)."""
+        mem = self.config.memory
+        num_classes = len(prev_probs) + 1
+        features, valid = enc.superfeatures[0], enc.valid[0]
+        att, knn_label = self._attention(key, features, bank, num_classes)
+        preseg = np.asarray(segment_pooling.paint(knn_label[:, None], labels))[..., 0]
+        hard_prev = np.argmax(np.concatenate([1 - prev_probs.max(0, keepdims=True), prev_probs]), 0)
+        rois = np.stack(
+            [
+                roi_mask(
+                    preseg == k,
+                    hard_prev == k,
+                    first_boxes.get(k),
+                    margin=mem.roi_margin,
+                    min_overlap=mem.outlier_overlap,
+                )
+                for k in range(1, num_classes)
+            ]
+        )
+        if self.output == "preseg":
+            return _preseg_probs(preseg, rois, object_valid)
+        return np.array(  # a copy: given masks may overwrite it
+            self._decode(
+                self.state,
+                model_lib.Encoded(enc.l1, enc.l4, features, valid),
+                prev_l4,
+                labels,
+                att,
+                jnp.asarray(prev_probs),
+                jnp.asarray(rois),
+                jnp.asarray(object_valid),
+            )
+        )
+
     def segment(self, sequence: sequence_lib.VideoSequence) -> Iterator[np.ndarray]:
         inputs = evaluate.given_masks(sequence)
         num_classes = 1 + max(sequence.start_frames, default=0)
         height, width = sequence.image_size
         size = working_size((height, width), self.short_side)
-        mem = self.config.memory
         bank = memory_clustering.init_memory(self.capacity, self.config.model.superfeature_dim)
         object_valid = np.zeros(num_classes - 1, bool)
         first_boxes: dict[int, tuple[int, int, int, int] | None] = {}
@@ -234,38 +290,10 @@ class SHLSSegmenter:
                 probs = np.zeros((num_classes, *size), np.float32)
                 probs[0] = 1.0
             else:
-                att, knn_label = self._attention(
-                    jax.random.fold_in(key, t), features, bank, num_classes
-                )
-                preseg = np.asarray(segment_pooling.paint(knn_label[:, None], device_labels))
-                preseg = preseg[..., 0]
-                hard_prev = np.argmax(
-                    np.concatenate([1 - prev_probs.max(0, keepdims=True), prev_probs]), 0
-                )
-                rois = np.stack(
-                    [
-                        roi_mask(
-                            preseg == k,
-                            hard_prev == k,
-                            first_boxes.get(k),
-                            margin=mem.roi_margin,
-                            min_overlap=mem.outlier_overlap,
-                        )
-                        for k in range(1, num_classes)
-                    ]
-                )
-                probs = np.array(  # a writable copy: given masks may overwrite it
-                    self._decode(
-                        self.state,
-                        model_lib.Encoded(enc.l1, enc.l4, features, valid),
-                        prev_l4,
-                        device_labels,
-                        att,
-                        jnp.asarray(prev_probs),
-                        jnp.asarray(rois),
-                        jnp.asarray(object_valid),
-                    )
-                )
+                probs = self._predict(
+                    jax.random.fold_in(key, t), enc, device_labels, bank, prev_l4, prev_probs,
+                    object_valid, first_boxes,
+                )  # fmt: skip
             if given is not None:  # objects that start here: their given mask wins
                 starting = given > 0
                 probs[:, starting] = 0.0
