@@ -3,13 +3,15 @@
 #   (a) SHLS trained on the frames of the DAVIS2016 240p train sequences used as still images
 #       (configs/shls/davis2016_frames.py) for STEPS steps;
 #   (b) the same network at random initialisation (one step at learning rate 0);
+#   (c) (a)'s checkpoint with the kNN pre-segmentation alone as the output (no segmentation
+#       net: --config.eval.output=preseg), in W/preseg (its checkpoints/ links to (a)'s);
 #   the raw-pixel baseline is experiments/README.md's first table (configs/propagation/
 #   lab_pixels.py on the same 8 sequences at 480p), which does not depend on training.
 # Both evaluate with the memory clusterer and the segmentation net at short side SHORT, with
 # SPX superpixels ('isec', the paper's, or 'slic').
 #
 #   bash experiments/shls_davis2016.sh [WORKDIR]
-#   (env: STEPS BATCH SIZE WIDTH LR WORKERS SHORT SPX CKPT)
+#   (env: STEPS BATCH SIZE WIDTH BASE_LR WORKERS SHORT SPX CKPT)
 #
 # The defaults fit a small CPU budget; the paper's setting is SIZE=256 WIDTH=64 and 200 epochs
 # of MSRA10K (configs/shls/msra10k.py). Numbers, budget and machine go into
@@ -22,7 +24,7 @@ BATCH=${BATCH:-4}
 SIZE=${SIZE:-128}       # pseudo-sequence frame side (paper 256)
 SEGMENTS=${SEGMENTS:-$((300 * SIZE * SIZE / 65536))}  # SLIC superpixels (paper 300 at 256)
 WIDTH=${WIDTH:-32}      # backbone base width (paper 64)
-LR=${LR:-1e-4}
+BASE_LR=${BASE_LR:-1e-4}  # lr = BASE_LR x BATCH (the released code's scaling)
 WORKERS=${WORKERS:-1}
 SHORT=${SHORT:-480}
 SPX=${SPX:-isec}
@@ -33,7 +35,7 @@ common=(
   --config=configs/shls/davis2016_frames.py
   --config.batch_size="$BATCH" --config.data.size="$SIZE"
   --config.data.num_segments="$SEGMENTS" --config.model.width="$WIDTH"
-  --config.optim.lr="$LR" --config.data.num_workers="$WORKERS"
+  --config.base_lr="$BASE_LR" --config.data.num_workers="$WORKERS"
   --config.eval.short_side="$SHORT" --config.eval.superpixels="$SPX"
   --config.num_train_steps="$STEPS"
   --config.checkpoint_every_steps="$CKPT" --config.log_every_steps=10
@@ -45,4 +47,10 @@ python -m vosjax.main "${common[@]}" --workdir="$W/shls"
 
 # (b) random initialisation.
 python -m vosjax.main "${common[@]}" --workdir="$W/random_init" \
-  --config.num_train_steps=1 --config.optim.lr=0.0
+  --config.num_train_steps=1 --config.base_lr=0.0
+
+# (c) (a)'s latest checkpoint, pre-segmentation only.
+mkdir -p "$W/preseg"
+ln -sfn "$(cd "$W/shls" && pwd)/checkpoints" "$W/preseg/checkpoints"
+python -m vosjax.main "${common[@]}" --workdir="$W/preseg" --mode=eval \
+  --config.eval.output=preseg

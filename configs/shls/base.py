@@ -9,11 +9,12 @@ made from still images with a foreground mask (at most 3 objects, 1 to 3 pasted)
 superpixels for training (300 segments, compactness 20, sigma 1, Lab); the ResNet-18-like
 backbone, 32-d superfeatures, NT-Xent (tau 0.07); the memory clusterer (kNN k=2 with vote
 weights 0.5^i, 2 spherical k-means clusters per class), the segmentation net per object with
-soft aggregation; loss = NT-Xent / seq_len + cross-entropy / (seq_len - 1); Adam, lr 1e-4
-(x the number of devices in the released code, whose batch is one sequence per device), 200
-epochs of 1/3 of the data. Inference: ISEC superpixels at 480p, a memory of at most 10 x the
-superpixels of a frame (the first 5 x kept), superpixels with a mean probability >= 0.4 x
-their class mean written to it, an ROI per object from the kNN pre-segmentation (enlarged 30%).
+soft aggregation; loss = NT-Xent / seq_len + cross-entropy / (seq_len - 1); Adam at
+base_lr 1e-4 x the sequences of a batch (the released code: 1e-4 x the number of GPUs, one
+sequence per GPU), 200 epochs of 1/3 of the data. Inference: ISEC superpixels at 480p, a
+memory of at most 10 x the superpixels of a frame (the first 5 x kept), superpixels with a
+mean probability >= 0.4 x their class mean written to it, an ROI per object from the kNN
+pre-segmentation (enlarged 30%).
 
 Switches: --config.loss.ml_weight / ce_weight (0 switches a loss off), --config.memory.k,
 --config.memory.clusters_per_class, --config.eval.superpixels ('isec' or 'slic'),
@@ -91,8 +92,9 @@ def get_config(
         1 if smoke else steps_per_epoch, field_type=int
     )
     config.num_train_steps = 2 if smoke else config.get_ref("steps_per_epoch") * 200
+    config.base_lr = 1e-4  # lr per sequence of the batch: lr = base_lr x batch_size
     config.optim.name = "adam"
-    config.optim.lr = 1e-4
+    config.optim.lr = config.get_ref("base_lr") * config.get_ref("batch_size")
     config.optim.schedule = "constant"
     config.log_every_steps = 1 if smoke else 100
     config.checkpoint_every_steps = 1 if smoke else 2000

@@ -201,3 +201,11 @@ def test_unknown_output_names_the_field():
     model = method.SHLS(config).build_model(config, nnx.Rngs(0))
     with pytest.raises(ValueError, match="config.eval.output='knn'"):
         inference.SHLSSegmenter(model, config)
+
+
+def test_lr_is_base_lr_per_sequence_of_the_batch():
+    config = davis2016_frames.get_config()
+    assert config.optim.lr == pytest.approx(1e-4 * davis2016_frames.BATCH)
+    config.batch_size = 4  # as --config.batch_size=4 does
+    config.base_lr = 2e-4
+    assert config.optim.lr == pytest.approx(8e-4)
