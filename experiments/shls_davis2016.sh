@@ -7,8 +7,8 @@
 #       net: --config.eval.output=preseg), in W/preseg (its checkpoints/ links to (a)'s);
 #   the raw-pixel baseline is experiments/README.md's first table (configs/propagation/
 #   lab_pixels.py on the same 8 sequences at 480p), which does not depend on training.
-# Both evaluate with the memory clusterer and the segmentation net at short side SHORT, with
-# SPX superpixels ('isec', the paper's, or 'slic').
+# All three evaluate with the memory clusterer at short side SHORT, with SPX superpixels
+# ('isec', the paper's, or 'slic'); (a) and (b) with the segmentation net, (c) without it.
 #
 #   bash experiments/shls_davis2016.sh [WORKDIR]
 #   (env: STEPS BATCH SIZE WIDTH BASE_LR WORKERS SHORT SPX CKPT)
