@@ -1,6 +1,10 @@
 """Tests of the davis2017_frames builder on a fake layout and on real DAVIS-2016 sequences."""
 
 import pathlib
+import pickle
+import subprocess
+import sys
+import textwrap
 
 import numpy as np
 import pytest
@@ -51,6 +55,46 @@ def test_builder_stores_original_jpegs_and_masks(tmp_path):
     assert len(source) == 1 and source.name(0) == "b" and source.num_frames(0) == 2
     frame = image_io.read_frame(root / "JPEGImages" / "480p" / "b" / "00001.jpg")
     np.testing.assert_array_equal(source.read_frames(0, [1])[0], frame)  # same JPEG bytes
+
+
+_SAMPLE_WITHOUT_IMPORTS = textwrap.dedent(
+    """
+    import builtins, pickle, sys
+    source = pickle.loads(open(sys.argv[1], "rb").read())  # as a grain worker receives it
+    imported = []
+    real_import = builtins.__import__
+    def recording_import(name, *args, **kwargs):
+        imported.append(name)
+        return real_import(name, *args, **kwargs)
+    builtins.__import__ = recording_import
+    frames = source.read_frames(0, [0, 1])
+    builtins.__import__ = real_import
+    tfds_imports = [n for n in imported if n.startswith("tensorflow_datasets")]
+    print(frames.shape, tfds_imports)
+    """
+)
+
+
+def test_unpickled_source_reads_frames_without_importing_tfds(tmp_path):
+    # Importing tfds swaps builtins.__import__ for a moment (etils' lazy_imports), which breaks
+    # relative imports in other threads (PIL decoding frames): a grain worker must not import
+    # it while its threads sample clips, so the source is opened when it is unpickled.
+    root = _fake_davis(tmp_path / "davis")
+    tfds_davis.build(root, tmp_path / "tfds")
+    source = clip_sources.TfdsVideoSource(
+        f"{tfds_davis.NAME}/480p", "train", tmp_path / "tfds", frames_key="frames"
+    )
+    (tmp_path / "source.pkl").write_bytes(pickle.dumps(source))
+    repo = pathlib.Path(__file__).resolve().parents[2]
+    result = subprocess.run(
+        [sys.executable, "-c", _SAMPLE_WITHOUT_IMPORTS, str(tmp_path / "source.pkl")],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "(2, 10, 12, 3) []"
 
 
 def test_builder_without_split_files_names_the_folder(tmp_path):

@@ -283,6 +283,14 @@ class TfdsVideoSource(VideoSource):
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_source": None}
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # Open the source (and so import tfds) now, in the thread that unpickles it: a grain
+        # worker. Importing tfds swaps `builtins.__import__` for a moment (etils'
+        # lazy_imports), which makes any relative import running in another thread fail, such
+        # as PIL's when the worker's other threads decode frames.
+        self.__dict__.update(state)
+        self._data()
+
     def _data(self) -> Sequence[Any]:
         if self._source is None:
             import tensorflow_datasets as tfds  # heavy: only for tfds sources
