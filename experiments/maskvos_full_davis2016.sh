@@ -25,7 +25,7 @@ CROP=${CROP:-128}
 BATCH=${BATCH:-8}
 MIX=${MIX:-0.25}
 WORKERS=${WORKERS:-1}
-LR=${LR:-2.5e-5}  # (a)'s learning rate over its last 200 steps (1e-4 halved at 40% and 80%)
+LR=${LR:-1e-4}  # the joint steps' lr: the correspondence stage's starting lr, for the new V and D
 SHORT=${SHORT:-480}  # mask decoding's input short side (480: the paper; 240 on a small CPU)
 export PYTHONPATH=.
 
