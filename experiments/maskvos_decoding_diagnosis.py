@@ -10,6 +10,9 @@ DAVIS2016 480p val sequences with:
   rounds0      no refinement round (one decoder call per frame);
   mix          3 rounds, output averaged with the x8 coarse mask (the released code);
   mix0         0 rounds, averaged with the coarse mask;
+  trainlike    0 rounds, the memory of training: the first and the previous frame, a full
+               softmax over all their positions (top-k of all 2 x 30 x 54 cells at short side
+               240, no radius);
   coarse       the coarse mask alone (A^T of the memory's masks): no decoder at all;
   hard         0 rounds, predictions stored in memory as one-hot masks (argmax);
   hard_coarse  the coarse mask alone with one-hot memory masks.
@@ -79,6 +82,10 @@ VARIANTS = {
     "mix": (inference.MaskDecodingSegmenter, {"mix_coarse": True}),
     "mix0": (inference.MaskDecodingSegmenter, {"mix_coarse": True, "refine_rounds": 0}),
     "coarse": (CoarseOnly, {}),
+    "trainlike": (
+        inference.MaskDecodingSegmenter,
+        {"refine_rounds": 0, "num_recent": 1, "top_k": 3240, "radius": None},
+    ),
     "hard": (_hardened(inference.MaskDecodingSegmenter), {"refine_rounds": 0}),
     "hard_coarse": (_hardened(CoarseOnly), {}),
 }
