@@ -18,16 +18,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 W=${1:-/tmp/maskvos_full_davis2016}
-STEPS=${STEPS:-1000}
-CORR_STEPS=${CORR_STEPS:-800}
-UPDATE=${UPDATE:-100}
-CROP=${CROP:-128}
-BATCH=${BATCH:-8}
-MIX=${MIX:-0.25}
-WORKERS=${WORKERS:-1}
-LR=${LR:-1e-4}  # the joint steps' lr: the correspondence stage's starting lr, for the new V and D
-SHORT=${SHORT:-480}  # mask decoding's input short side (480: the paper; 240 on a small CPU)
-export PYTHONPATH=.
+source experiments/maskvos_full_args.sh
 
 # (a) correspondence only; keeps checkpoints every 100 steps (CORR_STEPS among them).
 if [[ ! -d "$W/corr/trained/checkpoints/$CORR_STEPS" ]]; then
@@ -36,19 +27,6 @@ if [[ ! -d "$W/corr/trained/checkpoints/$CORR_STEPS" ]]; then
 fi
 
 # (b) the full method from (a)'s step CORR_STEPS; the same command resumes after an interruption.
-full=(
-  --config=configs/maskvos/davis2016.py
-  --config.batch_size="$BATCH"
-  --config.data.crop="$CROP" --config.data.min_short="$CROP"
-  --config.data.synthetic_mix="$MIX" --config.data.num_workers="$WORKERS"
-  --config.init_from.workdir="$W/corr/trained" --config.init_from.step="$CORR_STEPS"
-  --config.init_from.into=encoder
-  --config.num_train_steps=$((STEPS - CORR_STEPS))
-  --config.schedule.warmup_steps=0 --config.schedule.update_every="$UPDATE"
-  --config.optim.schedule=constant --config.optim.lr="$LR"
-  --config.checkpoint_every_steps=50 --config.log_every_steps=10 --config.eval_every_steps=0
-  --config.eval.decoding.short_side="$SHORT"
-)
 python -m vosjax.main "${full[@]}" --workdir="$W/full"
 n=$((STEPS - CORR_STEPS))
 rm -rf "$W/full/decoding_step_$n" && cp -r "$W/full/eval_results/step_$n" "$W/full/decoding_step_$n"

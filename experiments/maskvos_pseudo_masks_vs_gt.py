@@ -31,33 +31,27 @@ import shutil
 import sys
 
 import numpy as np
-from PIL import Image
 
-from vosjax.methods.maskvos import pseudo_masks
+from vosjax.data import davis
+from vosjax.methods.maskvos import mask_data, pseudo_masks
 
 DAVIS = pathlib.Path(__file__).resolve().parents[2] / "shared/data/DAVIS2016"
-STRIDE = 8
+STRIDE = mask_data.STRIDE
 
 
-def train_videos(davis: pathlib.Path = DAVIS) -> list[str]:
-    """The DAVIS2016 train sequence names (ImageSets/2016/train.txt)."""
-    return (davis / "ImageSets/2016/train.txt").read_text().split()
+def train_videos() -> list[str]:
+    """The DAVIS2016 train sequence names."""
+    return davis.read_imageset(DAVIS, "2016/train")
 
 
-def annotations_at_stride(name: str, shape: tuple[int, int], davis: pathlib.Path = DAVIS):
+def annotations_at_stride(name: str, shape: tuple[int, int]) -> np.ndarray:
     """bool [T, h, w]: the 240p annotation of every frame, an 8 x 8 block true if mostly object."""
-    h, w = shape
-    masks = []
-    for path in sorted((davis / "Annotations/240p" / name).glob("*.png")):
-        with Image.open(path) as image:
-            mask = (np.asarray(image.convert("L")) > 127).astype(np.float32)
-        mask = np.pad(mask, ((0, max(h * STRIDE - mask.shape[0], 0)), (0, 0)))
-        mask = np.pad(mask, ((0, 0), (0, max(w * STRIDE - mask.shape[1], 0))))
-        mask = mask[: h * STRIDE, : w * STRIDE]
-        masks.append(mask.reshape(h, STRIDE, w, STRIDE).mean(axis=(1, 3)) > 0.5)
-    if not masks:
-        raise FileNotFoundError(f"{davis / 'Annotations/240p' / name}: no annotation PNGs")
-    return np.stack(masks)
+    sequence = davis.load_sequence(DAVIS, name, "240p")
+    masks = np.stack([sequence.read_mask(t) == 1 for t in range(len(sequence))])
+    height, width = (side * STRIDE for side in shape)
+    pad = ((0, 0), (0, max(height - masks.shape[1], 0)), (0, max(width - masks.shape[2], 0)))
+    masks = np.pad(masks, pad)[:, :height, :width].astype(np.uint8)
+    return mask_data.block_mode(masks) == 1  # ties (32 of 64 pixels) go to the background
 
 
 def score_video(labels: np.ndarray, gt: np.ndarray) -> tuple[float, float, float, float]:
@@ -100,8 +94,8 @@ def cluster(checkpoints: pathlib.Path, step: int, specs: str) -> None:
     names = train_videos()
     keys = []
     for name in names:
-        paths = sorted((DAVIS / "JPEGImages/240p" / name).glob("*.jpg"))
-        frames = np.stack([np.asarray(Image.open(p).convert("RGB")) for p in paths])
+        sequence = davis.load_sequence(DAVIS, name, "240p")
+        frames = np.stack([sequence.read_frame(t) for t in range(len(sequence))])
         keys.append(pseudo_masks.encode_video(extract, frames))
     print(f"encoder of step {step}")
     print("M   weight  dim  best-cluster IoU  inside-union IoU  cluster share  fg share")
