@@ -11,8 +11,7 @@ DAVIS2016 480p val sequences with:
   mix          3 rounds, output averaged with the x8 coarse mask (the released code);
   mix0         0 rounds, averaged with the coarse mask;
   trainlike    0 rounds, the memory of training: the first and the previous frame, a full
-               softmax over all their positions (top-k of all 2 x 30 x 54 cells at short side
-               240, no radius);
+               softmax over all their positions (top-k of all their cells, no radius);
   coarse       the coarse mask alone (A^T of the memory's masks): no decoder at all;
   hard         0 rounds, predictions stored in memory as one-hot masks (argmax);
   hard_coarse  the coarse mask alone with one-hot memory masks.
@@ -26,6 +25,7 @@ import dataclasses
 import pathlib
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -76,6 +76,9 @@ def _hardened(cls: type) -> type:
     return Hard
 
 
+# top_k of `trainlike`: every position of its two memory frames at the decoding size.
+ALL_POSITIONS = -1
+
 VARIANTS = {
     "rounds3": (inference.MaskDecodingSegmenter, {}),
     "rounds0": (inference.MaskDecodingSegmenter, {"refine_rounds": 0}),
@@ -84,11 +87,50 @@ VARIANTS = {
     "coarse": (CoarseOnly, {}),
     "trainlike": (
         inference.MaskDecodingSegmenter,
-        {"refine_rounds": 0, "num_recent": 1, "top_k": 3240, "radius": None},
+        {"refine_rounds": 0, "num_recent": 1, "top_k": ALL_POSITIONS, "radius": None},
     ),
     "hard": (_hardened(inference.MaskDecodingSegmenter), {"refine_rounds": 0}),
     "hard_coarse": (_hardened(CoarseOnly), {}),
 }
+
+
+def first_frames(sequences: Sequence[Any], n: int) -> list[Any]:
+    """The sequences cut to their first n frames."""
+    return [
+        dataclasses.replace(s, frame_names=s.frame_names[:n], output_frames=s.output_frames[:n])
+        for s in sequences
+    ]
+
+
+def run_variants(
+    encoder: Any,
+    head: Any,
+    decoding: dict[str, Any],
+    sequences: Sequence[Any],
+    variants: Sequence[str],
+) -> None:
+    """Prints, per variant, J-Mean and the predicted / true foreground fraction per sequence."""
+    for name in variants:
+        cls, changes = VARIANTS[name]
+        if changes.get("top_k") == ALL_POSITIONS:
+            size = cls(encoder, head, inference.from_config(decoding)).resized_size(
+                sequences[0].image_size
+            )
+            h, w = inference.padded_size(size)
+            changes = changes | {"top_k": 2 * (h // inference.STRIDE) * (w // inference.STRIDE)}
+        segmenter = cls(encoder, head, inference.from_config(dict(decoding) | changes))
+        start = time.perf_counter()
+        row = []
+        for sequence in sequences:
+            pred = np.stack(list(segmenter.segment(sequence)))
+            gt = np.stack([sequence.read_mask(t) for t in range(len(sequence))])
+            scores = davis_protocol.evaluate_sequence(gt, pred, sequence.name)
+            j = np.mean([j_f[0].mean() for j_f in scores.values()])
+            row.append(
+                f"{sequence.name} J {j:.3f} fg {(pred[1:] > 0).mean():.3f}/"
+                f"{((gt[1:] > 0) & (gt[1:] < 255)).mean():.3f}"
+            )
+        print(f"{name:12s} {time.perf_counter() - start:5.0f} s | " + " | ".join(row), flush=True)
 
 
 def main(argv: Sequence[str]) -> None:
@@ -103,27 +145,15 @@ def main(argv: Sequence[str]) -> None:
     model = trainer.model(state)
     sequences = davis.load_davis(_DAVIS.value, "2016/val", "480p", _SEQUENCES.value.split(","))
     n = _FRAMES.value
-    sequences = [
-        dataclasses.replace(s, frame_names=s.frame_names[:n], output_frames=s.output_frames[:n])
-        for s in sequences
-    ]
     print(f"checkpoint step {step}; first {n} frames; short side {_SHORT.value}")
-    for name in _VARIANTS.value.split(","):
-        cls, changes = VARIANTS[name]
-        decoding = dict(config.eval.decoding) | {"short_side": _SHORT.value} | changes
-        segmenter = cls(model.encoder, model.head, inference.from_config(decoding))
-        start = time.perf_counter()
-        row = []
-        for sequence in sequences:
-            pred = np.stack(list(segmenter.segment(sequence)))
-            gt = np.stack([sequence.read_mask(t) for t in range(len(sequence))])
-            scores = davis_protocol.evaluate_sequence(gt, pred, sequence.name)
-            j = np.mean([j_f[0].mean() for j_f in scores.values()])
-            row.append(
-                f"{sequence.name} J {j:.3f} fg {(pred[1:] > 0).mean():.3f}/"
-                f"{((gt[1:] > 0) & (gt[1:] < 255)).mean():.3f}"
-            )
-        print(f"{name:12s} {time.perf_counter() - start:5.0f} s | " + " | ".join(row), flush=True)
+    decoding = dict(config.eval.decoding) | {"short_side": _SHORT.value}
+    run_variants(
+        model.encoder,
+        model.head,
+        decoding,
+        first_frames(sequences, n),
+        _VARIANTS.value.split(","),
+    )
 
 
 if __name__ == "__main__":
