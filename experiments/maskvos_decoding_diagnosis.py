@@ -15,8 +15,9 @@ DAVIS2016 480p val sequences with:
   coarse       the coarse mask alone (A^T of the memory's masks): no decoder at all;
   hard         0 rounds, predictions stored in memory as one-hot masks (argmax);
   hard_coarse  the coarse mask alone with one-hot memory masks.
-For each it prints J-Mean (official region similarity over frames 1..N-2) and the predicted
-foreground fraction against the ground truth's.
+For each it prints J-Mean and F-Mean (official region and contour accuracy over frames 1..N-2)
+and the predicted foreground fraction against the ground truth's, per sequence, then J, F and
+J&F averaged over the objects (over the full sequences: the official J-Mean, F-Mean, J&F-Mean).
 """
 
 from __future__ import annotations
@@ -109,7 +110,7 @@ def run_variants(
     sequences: Sequence[Any],
     variants: Sequence[str],
 ) -> None:
-    """Prints, per variant, J-Mean and the predicted / true foreground fraction per sequence."""
+    """Prints, per variant, J, F and the predicted / true foreground fraction per sequence."""
     for name in variants:
         cls, changes = VARIANTS[name]
         if changes.get("top_k") == ALL_POSITIONS:
@@ -120,16 +121,20 @@ def run_variants(
             changes = changes | {"top_k": 2 * (h // inference.STRIDE) * (w // inference.STRIDE)}
         segmenter = cls(encoder, head, inference.from_config(dict(decoding) | changes))
         start = time.perf_counter()
-        row = []
+        row, js, fs = [], [], []
         for sequence in sequences:
             pred = np.stack(list(segmenter.segment(sequence)))
             gt = np.stack([sequence.read_mask(t) for t in range(len(sequence))])
             scores = davis_protocol.evaluate_sequence(gt, pred, sequence.name)
-            j = np.mean([j_f[0].mean() for j_f in scores.values()])
+            js += [j_f[0].mean() for j_f in scores.values()]
+            fs += [j_f[1].mean() for j_f in scores.values()]
             row.append(
-                f"{sequence.name} J {j:.3f} fg {(pred[1:] > 0).mean():.3f}/"
+                f"{sequence.name} J {np.mean(js[-len(scores) :]):.3f} "
+                f"F {np.mean(fs[-len(scores) :]):.3f} fg {(pred[1:] > 0).mean():.3f}/"
                 f"{((gt[1:] > 0) & (gt[1:] < 255)).mean():.3f}"
             )
+        j, f = np.mean(js), np.mean(fs)
+        row.append(f"objects' mean J {j:.3f} F {f:.3f} J&F {(j + f) / 2:.3f}")
         print(f"{name:12s} {time.perf_counter() - start:5.0f} s | " + " | ".join(row), flush=True)
 
 
