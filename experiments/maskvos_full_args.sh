@@ -10,6 +10,7 @@ MIX=${MIX:-0.25}
 WORKERS=${WORKERS:-1}
 LR=${LR:-1e-4}  # the joint steps' lr: the correspondence stage's starting lr, for the new V and D
 SHORT=${SHORT:-480}  # mask decoding's input short side (480: the paper; 240 on a small CPU)
+ROUNDS=${ROUNDS:-3}  # mask decoding's refinement rounds (3: the paper)
 export PYTHONPATH=.
 
 full=(
@@ -23,5 +24,5 @@ full=(
   --config.schedule.warmup_steps=0 --config.schedule.update_every="$UPDATE"
   --config.optim.schedule=constant --config.optim.lr="$LR"
   --config.checkpoint_every_steps=50 --config.log_every_steps=10 --config.eval_every_steps=0
-  --config.eval.decoding.short_side="$SHORT"
+  --config.eval.decoding.short_side="$SHORT" --config.eval.decoding.refine_rounds="$ROUNDS"
 )

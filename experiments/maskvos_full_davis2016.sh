@@ -11,7 +11,7 @@
 #       with mask decoding; (b') the same network's keys with crw propagation.
 #
 #   bash experiments/maskvos_full_davis2016.sh [WORKDIR]
-#   (env: STEPS CORR_STEPS UPDATE CROP BATCH MIX WORKERS LR SHORT; (a) reuses $WORKDIR/corr
+#   (env: STEPS CORR_STEPS UPDATE CROP BATCH MIX WORKERS LR SHORT ROUNDS; (a) reuses $WORKDIR/corr
 #   if it is there)
 #
 # Numbers, budget and machine go into experiments/README.md.

@@ -7,7 +7,7 @@
 #   bash experiments/maskvos_gt_control.sh W
 #   (W: a finished maskvos_full_davis2016.sh workdir: W/corr/trained/checkpoints/$CORR_STEPS and
 #   W/full/pseudo_masks/step_0; env as that script: STEPS CORR_STEPS CROP BATCH MIX WORKERS LR
-#   SHORT; UPDATE is 0). Writes W/gt_control; its J&F is W/gt_control/eval_results/step_<n>.
+#   SHORT ROUNDS; UPDATE is 0). Writes W/gt_control; its J&F is W/gt_control/eval_results/step_<n>.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 W=${1:?usage: maskvos_gt_control.sh W}
