@@ -43,7 +43,7 @@ from PIL import Image
 from configs.maskvos import davis2016
 from experiments import maskvos_decoding_diagnosis as diagnosis
 from vosjax import train
-from vosjax.data import davis
+from vosjax.data import davis, transforms
 from vosjax.methods.maskvos import mask_data, method, segmentation
 from vosjax.ops import color
 
@@ -70,10 +70,8 @@ _LOAD = flags.DEFINE_string(
 
 
 def _resize_short(image: np.ndarray, short: int, resample: int) -> np.ndarray:
-    h, w = image.shape[:2]
-    scale = short / min(h, w)
-    size = (max(short, round(w * scale)), max(short, round(h * scale)))
-    return np.asarray(Image.fromarray(image).resize(size, resample))
+    h, w = transforms.short_side_size(image.shape[:2], short)
+    return np.asarray(Image.fromarray(image).resize((w, h), resample))
 
 
 def load_videos(short: int) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -84,20 +82,14 @@ def load_videos(short: int) -> list[tuple[np.ndarray, np.ndarray]]:
     for seq in davis.load_davis(
         diagnosis._DAVIS.value, _TRAIN_IMAGESET.value, _TRAIN_RESOLUTION.value, names
     ):
-        frames = np.stack(
-            [_resize_short(seq.read_frame(t), short, Image.BILINEAR) for t in range(len(seq))]
-        )
-        masks = np.stack(
-            [
-                _resize_short(
-                    ((seq.read_mask(t) > 0) & (seq.read_mask(t) < 255)).astype(np.uint8),
-                    short,
-                    Image.NEAREST,
-                )
-                for t in range(len(seq))
-            ]
-        )
-        videos.append((frames, masks))
+        frames, masks = [], []
+        for t in range(len(seq)):
+            frames.append(_resize_short(seq.read_frame(t), short, Image.BILINEAR))
+            ids = seq.read_mask(t)
+            masks.append(
+                _resize_short(((ids > 0) & (ids < 255)).astype(np.uint8), short, Image.NEAREST)
+            )
+        videos.append((np.stack(frames), np.stack(masks)))
     return videos
 
 
@@ -130,17 +122,9 @@ def sample_batch(
     return np.stack(clips), np.stack(labels)
 
 
-def flatten(tree: dict, prefix: str = "") -> dict[str, np.ndarray]:
-    """A nested dict of arrays -> {'a/b/c': array}."""
-    flat = {}
-    for key, value in tree.items():
-        path = f"{prefix}/{key}" if prefix else str(key)
-        flat |= flatten(value, path) if isinstance(value, dict) else {path: np.asarray(value)}
-    return flat
-
-
 def unflatten(flat: dict[str, np.ndarray]) -> dict:
-    """The inverse of `flatten` (integer keys come back as ints, as nnx's layer lists)."""
+    """The inverse of `train._flat_by_path` on a pure dict (integer keys come back as ints, as
+    nnx's layer lists)."""
     tree: dict = {}
     for path, value in flat.items():
         node = tree
@@ -260,7 +244,7 @@ def main(argv: Sequence[str]) -> None:
     if _STEPS.value == 0:
         decode(0)
     if _SAVE.value:
-        np.savez(_SAVE.value, **flatten(nnx.to_pure_dict(nnx.state(head))))
+        np.savez(_SAVE.value, **train._flat_by_path(nnx.to_pure_dict(nnx.state(head))))
 
 
 if __name__ == "__main__":
