@@ -7,7 +7,8 @@
 #   (c) the raw-pixel baseline (configs/propagation/lab_pixels.py, crw preset).
 # All three use the crw propagation preset and the official evaluation.
 #
-#   bash experiments/maskvos_corr_davis2016.sh [WORKDIR]   (env: STEPS CROP BATCH MIX WORKERS CKPT PIXELS)
+#   bash experiments/maskvos_corr_davis2016.sh [WORKDIR]
+#   (env: STEPS CROP BATCH MIX WORKERS CKPT PIXELS RANDOM_INIT)
 #
 # Numbers, budget and machine go into experiments/README.md.
 set -euo pipefail
@@ -20,6 +21,7 @@ MIX=${MIX:-0.25}          # fraction of synthetic clips (vosjax_synthetic/small)
 WORKERS=${WORKERS:-4}     # grain worker processes
 CKPT=${CKPT:-1000}        # checkpoint every CKPT steps
 PIXELS=${PIXELS:-1}       # 0: skip (c), whose number does not depend on training
+RANDOM_INIT=${RANDOM_INIT:-1}  # 0: skip (b), whose number does not depend on training
 DAVIS=${DAVIS:-../shared/data/DAVIS2016}
 
 common=(
@@ -38,8 +40,12 @@ python -m vosjax.main "${common[@]}" --workdir="$W/trained" \
   --config.checkpoint_every_steps="$CKPT"
 
 # (b) random initialisation.
+runs=(trained)
+if [[ "$RANDOM_INIT" != 0 ]]; then
 python -m vosjax.main "${common[@]}" --workdir="$W/random_init" \
   --config.num_train_steps=1 --config.optim.lr=0.0
+runs+=(random_init)
+fi
 
 # (c) raw pixels.
 if [[ "$PIXELS" != 0 ]]; then
@@ -47,7 +53,7 @@ python -m vosjax.evaluate --config=configs/propagation/lab_pixels.py:crw \
   --config.data.davis_root="$DAVIS" --config.data.imageset=2016/val --workdir="$W/pixels"
 fi
 
-for run in trained random_init; do
+for run in "${runs[@]}"; do
   step=$(ls "$W/$run/eval_results" | sort -t_ -k2 -n | tail -1)
   echo "$run ($step): $(sed -n 2p "$W/$run/eval_results/$step/global_results-val.csv")"
 done

@@ -5,6 +5,8 @@ STEPS=${STEPS:-1000}
 CORR_STEPS=${CORR_STEPS:-800}
 UPDATE=${UPDATE:-100}
 CROP=${CROP:-128}
+MIN_SHORT=${MIN_SHORT:-$CROP}  # the joint steps' frames: short side resized into [MIN_SHORT, MAX_SHORT]
+MAX_SHORT=${MAX_SHORT:-320}  # before the CROP crop ((a) keeps [CROP, 320])
 BATCH=${BATCH:-8}
 MIX=${MIX:-0.25}
 WORKERS=${WORKERS:-1}
@@ -16,7 +18,7 @@ export PYTHONPATH=.
 full=(
   --config=configs/maskvos/davis2016.py
   --config.batch_size="$BATCH"
-  --config.data.crop="$CROP" --config.data.min_short="$CROP"
+  --config.data.crop="$CROP" --config.data.min_short="$MIN_SHORT" --config.data.max_short="$MAX_SHORT"
   --config.data.synthetic_mix="$MIX" --config.data.num_workers="$WORKERS"
   --config.init_from.workdir="$W/corr/trained" --config.init_from.step="$CORR_STEPS"
   --config.init_from.into=encoder

@@ -11,8 +11,8 @@
 #       with mask decoding; (b') the same network's keys with crw propagation.
 #
 #   bash experiments/maskvos_full_davis2016.sh [WORKDIR]
-#   (env: STEPS CORR_STEPS UPDATE CROP BATCH MIX WORKERS LR SHORT ROUNDS; (a) reuses $WORKDIR/corr
-#   if it is there)
+#   (env: STEPS CORR_STEPS UPDATE CROP MIN_SHORT MAX_SHORT BATCH MIX WORKERS LR SHORT ROUNDS;
+#   (a) reuses $WORKDIR/corr if it is there)
 #
 # Numbers, budget and machine go into experiments/README.md.
 set -euo pipefail
@@ -22,7 +22,7 @@ source experiments/maskvos_full_args.sh
 
 # (a) correspondence only; keeps checkpoints every 100 steps (CORR_STEPS among them).
 if [[ ! -d "$W/corr/trained/checkpoints/$CORR_STEPS" ]]; then
-  STEPS=$STEPS CROP=$CROP BATCH=$BATCH MIX=$MIX WORKERS=$WORKERS CKPT=100 PIXELS=0 \
+  STEPS=$STEPS CROP=$CROP BATCH=$BATCH MIX=$MIX WORKERS=$WORKERS CKPT=100 PIXELS=0 RANDOM_INIT=0 \
     bash experiments/maskvos_corr_davis2016.sh "$W/corr"
 fi
 
