@@ -45,7 +45,7 @@ _VARIANTS = flags.DEFINE_string("variants", "ino,no_in_generative", "Comma-separ
 _STEPS = flags.DEFINE_integer("steps", 1200, "Train steps per variant (the cosine's length).")
 _MINUTES = flags.DEFINE_float("minutes", 4.0, "Wall-clock limit per variant's training loop.")
 _BATCH = flags.DEFINE_integer("batch", 16, "Clips per step.")
-_WORKERS = flags.DEFINE_integer("workers", 12, "grain worker processes.")
+_WORKERS = flags.DEFINE_integer("workers", 6, "grain worker processes.")
 _EMA = flags.DEFINE_float("ema", 0.996, "Teacher momentum at step 0.")
 _SHORT = flags.DEFINE_integer("short_side", 480, "Evaluation input short side.")
 _SEQUENCES = flags.DEFINE_string("sequences", "", "Evaluate these val sequences ('' = all 8).")

@@ -112,6 +112,8 @@ def get_config(
             "synthetic_mix": 0.0,
             "batch_size": config.get_ref("batch_size"),
             "num_workers": 0 if smoke else 4,
+            "read_threads": 2,  # threads building batches in each reading process
+            "prefetch_batches": 4,  # batches built ahead by each reading process
         }
     )
     config.steps_per_epoch = ml_collections.FieldReference(

@@ -87,6 +87,8 @@ def get_config(arg: str | None = None, backbone: str = "resnet18") -> ml_collect
             "synthetic_mix": 0.0,  # with a path: this fraction of the clips is synthetic
             "batch_size": config.get_ref("batch_size"),  # follows config.batch_size
             "num_workers": 0 if smoke else 4,
+            "read_threads": 2,  # threads building batches in each reading process
+            "prefetch_batches": 4,  # batches built ahead by each reading process
         }
     )
     # Epoch-based fields follow `steps_per_epoch`: `--config.steps_per_epoch=N` rescales them

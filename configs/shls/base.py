@@ -86,6 +86,8 @@ def get_config(
             "sigma": 1.0,
             "max_superpixels": 64 if smoke else 512,
             "num_workers": 0 if smoke else 4,
+            "read_threads": 2,  # threads building batches in each reading process
+            "prefetch_batches": 4,  # batches built ahead by each reading process
         }
     )
     config.steps_per_epoch = ml_collections.FieldReference(

@@ -2,6 +2,7 @@
 
 import logging
 import pathlib
+import time
 
 import numpy as np
 import pytest
@@ -151,3 +152,45 @@ def test_affine_params_are_batched(source):
     batch = next(_iterator(source, transform=affine))
     assert batch["video"].shape == (4, 3, 8, 8, 3)
     assert batch["params"]["affine"].shape == (4, 3, 2, 3)
+
+
+def test_read_threads_and_prefetch_keep_the_batches(source):
+    reference = _take(_iterator(source), 4)
+    _assert_same(_take(_iterator(source, read_threads=1, prefetch_batches=1), 4), reference)
+    _assert_same(_take(_iterator(source, read_threads=4, prefetch_batches=8), 4), reference)
+
+
+def test_prefetch_bounds_the_batches_built_ahead():
+    # grain's default read options build 500 elements (here: batches) ahead; ours build
+    # `prefetch_batches` (+ those the threads are working on).
+    calls = []
+
+    def loader(index: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        calls.append(index)
+        return {"x": np.full((2,), index, np.int32)}
+
+    dataset = pipeline.make_loader_dataset(
+        5, loader, global_batch_size=2, seed=0, shard_index=0, shard_count=1,
+        read_threads=1, prefetch_batches=3,
+    )  # fmt: skip
+    iterator = iter(dataset)
+    next(iterator)
+    time.sleep(0.5)  # time for the read thread to fill its buffer
+    assert 2 * 3 <= len(calls) <= 2 * (1 + 3 + 1)
+
+
+@pytest.mark.parametrize("field", ["read_threads", "prefetch_batches"])
+def test_read_options_below_one_name_the_field(source, field):
+    with pytest.raises(ValueError, match=f"config.data.{field} = 0"):
+        _iterator(source, **{field: 0})
+
+
+def test_reading_options_from_config():
+    import ml_collections
+
+    data = ml_collections.ConfigDict({"num_workers": 3, "read_threads": 1, "prefetch_batches": 6})
+    assert pipeline.reading_options(data) == {
+        "num_workers": 3, "read_threads": 1, "prefetch_batches": 6,
+    }  # fmt: skip
+    older = ml_collections.ConfigDict({"num_workers": 0})  # a config without the new fields
+    assert pipeline.reading_options(older)["prefetch_batches"] == pipeline.DEFAULT_PREFETCH_BATCHES

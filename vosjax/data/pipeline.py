@@ -3,7 +3,8 @@
     MapDataset.range(len(source)) -> this host's shard (every shard_count-th video)
       -> shuffle(seed) -> repeat (reshuffled each epoch)
       -> random_map(ClipLoader): sample T frames, decode only those, transform
-      -> batch(global_batch_size // shard_count) -> mp_prefetch(num_workers)
+      -> batch(global_batch_size // shard_count)
+      -> to_iter_dataset(read_threads, prefetch_batches) -> mp_prefetch(num_workers)
 
 Determinism: grain derives each example's RNG from the seed and the example's position, so a
 seed gives the same batches whatever `num_workers` is, and the iterator's `get_state()` /
@@ -33,6 +34,9 @@ _LOG = logging.getLogger(__name__)
 # Errors that mean "this file is corrupt": a bad image / video raises DataError from our readers;
 # OSError and cv2.error cover what escapes them (I/O errors, OpenCV failures).
 CORRUPT_DATA_ERRORS = (image_io.DataError, OSError, cv2.error)
+# Per reading process: threads building batches, and batches built ahead (`config.data`).
+DEFAULT_READ_THREADS = 2
+DEFAULT_PREFETCH_BATCHES = 4
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,6 +125,8 @@ def make_train_dataset(
     shard_index: int | None = None,
     shard_count: int | None = None,
     num_workers: int = 0,
+    read_threads: int = DEFAULT_READ_THREADS,
+    prefetch_batches: int = DEFAULT_PREFETCH_BATCHES,
     drop_remainder: bool = True,
     num_epochs: int | None = None,
 ) -> grain.IterDataset:
@@ -133,6 +139,8 @@ def make_train_dataset(
         shard_index=shard_index,
         shard_count=shard_count,
         num_workers=num_workers,
+        read_threads=read_threads,
+        prefetch_batches=prefetch_batches,
         drop_remainder=drop_remainder,
         num_epochs=num_epochs,
     )
@@ -147,6 +155,8 @@ def make_loader_dataset(
     shard_index: int | None = None,
     shard_count: int | None = None,
     num_workers: int = 0,
+    read_threads: int = DEFAULT_READ_THREADS,
+    prefetch_batches: int = DEFAULT_PREFETCH_BATCHES,
     drop_remainder: bool = True,
     num_epochs: int | None = None,
 ) -> grain.IterDataset:
@@ -172,7 +182,18 @@ def make_loader_dataset(
     map_seed = int(np.random.SeedSequence([seed, shard_index]).generate_state(1)[0])
     ds = ds.random_map(loader, seed=map_seed)
     ds = ds.batch(per_host, drop_remainder=drop_remainder)
-    iter_ds = ds.to_iter_dataset()
+    if read_threads < 1 or prefetch_batches < 1:
+        raise ValueError(
+            f"config.data.read_threads = {read_threads}, config.data.prefetch_batches = "
+            f"{prefetch_batches}: expected both >= 1"
+        )
+    # grain's own default (16 threads, 500 elements ahead) would hold 500 *batches* in every
+    # process that reads (each worker, or the trainer itself) and make the first batch wait for
+    # 16 concurrent ones: seconds to minutes before the first step, gigabytes per worker.
+    read_options = grain.ReadOptions(
+        num_threads=read_threads, prefetch_buffer_size=prefetch_batches
+    )
+    iter_ds = ds.to_iter_dataset(read_options)
     if num_workers > 0:
         # grain's worker processes read absl flags; outside `absl.app.run` (tests, notebooks)
         # nothing has parsed them, so take their defaults.
@@ -192,6 +213,8 @@ def make_train_iterator(
     shard_index: int | None = None,
     shard_count: int | None = None,
     num_workers: int = 0,
+    read_threads: int = DEFAULT_READ_THREADS,
+    prefetch_batches: int = DEFAULT_PREFETCH_BATCHES,
     drop_remainder: bool = True,
     num_epochs: int | None = None,
 ) -> grain.DatasetIterator:
@@ -206,6 +229,9 @@ def make_train_iterator(
       shard_index: this host's shard; default `jax.process_index()`.
       shard_count: number of shards; default `jax.process_count()`.
       num_workers: grain worker processes (0: decode in this process).
+      read_threads: threads that build batches in each reading process (every worker, or this
+        process with no worker).
+      prefetch_batches: batches each reading process builds ahead.
       drop_remainder: drop a last incomplete batch (only with `num_epochs`).
       num_epochs: passes over the data; None repeats forever.
 
@@ -228,10 +254,24 @@ def make_train_iterator(
             shard_index=shard_index,
             shard_count=shard_count,
             num_workers=num_workers,
+            read_threads=read_threads,
+            prefetch_batches=prefetch_batches,
             drop_remainder=drop_remainder,
             num_epochs=num_epochs,
         )
     )
+
+
+def reading_options(data_config: Any) -> dict[str, int]:
+    """`make_train_iterator`'s process and thread arguments from `config.data`.
+
+    Configs that predate `read_threads` / `prefetch_batches` get the defaults.
+    """
+    return {
+        "num_workers": int(data_config.num_workers),
+        "read_threads": int(data_config.get("read_threads", DEFAULT_READ_THREADS)),
+        "prefetch_batches": int(data_config.get("prefetch_batches", DEFAULT_PREFETCH_BATCHES)),
+    }
 
 
 def shard_indices(num_videos: int, shard_index: int, shard_count: int) -> list[int]:

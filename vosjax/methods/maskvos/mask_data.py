@@ -317,6 +317,8 @@ def make_train_iterator(
     global_batch_size: int,
     seed: int,
     num_workers: int = 0,
+    read_threads: int = pipeline.DEFAULT_READ_THREADS,
+    prefetch_batches: int = pipeline.DEFAULT_PREFETCH_BATCHES,
     shard_index: int | None = None,
     shard_count: int | None = None,
     num_epochs: int | None = None,
@@ -331,6 +333,8 @@ def make_train_iterator(
       global_batch_size: examples per step over all hosts.
       seed: shuffling and augmentation seed.
       num_workers: grain worker processes (0: in this process).
+      read_threads: threads building batches per reading process (`pipeline`).
+      prefetch_batches: batches built ahead per reading process.
       shard_index: this host's shard; default `jax.process_index()`.
       shard_count: number of shards; default `jax.process_count()`.
       num_epochs: passes over the data; None repeats forever.
@@ -352,5 +356,7 @@ def make_train_iterator(
         shard_index=shard_index,
         shard_count=shard_count,
         num_workers=num_workers,
+        read_threads=read_threads,
+        prefetch_batches=prefetch_batches,
         num_epochs=num_epochs,
     )

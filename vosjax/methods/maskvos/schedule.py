@@ -113,7 +113,7 @@ class PseudoMaskRounds:
             "sampler": self.sampler,
             "global_batch_size": int(self.config.batch_size),
             "seed": seed,
-            "num_workers": int(data.num_workers),
+            **pipeline.reading_options(data),
         }
         if round_start < self.warmup_steps:
             logging.info("Steps %d..%d: correspondence learning only", 0, self.warmup_steps)
