@@ -24,6 +24,7 @@ import tqdm
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from vosjax import summaries
 from vosjax.data import davis, image_io, results_writer, youtube_vos
 from vosjax.data import sequence as sequence_lib
 from vosjax.data.synthetic import export as synthetic_export
@@ -205,11 +206,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict | None:
     if config.data.layout == "youtube_vos" and config.eval.write_pngs:
         archive = results_writer.make_youtube_vos_submission(results_dir, sequences)
         logging.info("YouTube-VOS submission (upload to the evaluation server): %s", archive)
-    from clu import metric_writers  # imports TensorFlow: only where summaries are written
-
-    summary_writer = metric_writers.create_default_writer(
-        str(workdir / "eval"), just_logging=jax.process_index() > 0
-    )
+    summary_writer = summaries.create_writer(workdir / "eval", just_logging=jax.process_index() > 0)
     if results is not None:
         report.write_all(results, results_dir)
         print(report.format_table(results))

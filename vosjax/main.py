@@ -113,7 +113,7 @@ def data_iterator_factory(config: ml_collections.ConfigDict, method: train.Metho
                     loader,
                     global_batch_size=config.batch_size,
                     seed=config.seed,
-                    num_workers=config.data.num_workers,
+                    **pipeline.reading_options(config.data),
                 )
             )
 
@@ -129,7 +129,7 @@ def data_iterator_factory(config: ml_collections.ConfigDict, method: train.Metho
             transform=method.make_transform(),
             global_batch_size=config.batch_size,
             seed=config.seed,
-            num_workers=config.data.num_workers,
+            **pipeline.reading_options(config.data),
         )
 
     return factory
@@ -172,7 +172,8 @@ def main(argv: Sequence[str]) -> None:
             workdir,
             method,
             None if rounds else data_iterator_factory(config, method),
-            eval_fn(config, method, workdir),
+            # -1: train only (no evaluation data needed; evaluate later with --mode=eval).
+            eval_fn(config, method, workdir) if config.eval_every_steps >= 0 else None,
             rounds=rounds,
         )
     else:

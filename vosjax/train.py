@@ -26,12 +26,11 @@ from absl import logging
 from clu import metrics, parameter_overview
 from flax import nnx
 
-from vosjax import checkpointing, optimizers, sharding
+from vosjax import checkpointing, optimizers, sharding, summaries
 from vosjax.data import sequence as sequence_lib
 
 if TYPE_CHECKING:
-    # Imported where a run writes summaries: clu's writers (and periodic actions) import
-    # TensorFlow, which the train step, the Trainer and the benchmarks do not need.
+    # clu's writers import TensorFlow, which a run without it replaces (`summaries`).
     from clu import metric_writers
 
 INIT_STREAM = 0
@@ -96,7 +95,7 @@ def default_config() -> ml_collections.ConfigDict:
     config.checkpoint_every_steps = 1000
     config.keep_checkpoints = 3
     config.async_checkpoints = True
-    config.eval_every_steps = 0  # 0: only at the end (when an eval_fn is given)
+    config.eval_every_steps = 0  # 0: only at the end; -1: never (train only, `--mode=eval` later)
     # Profiling on request: a trace of `num_steps` steps from `first_step` (and then every
     # `every_steps`, 0: once) in `workdir/plugins/profile`, for TensorBoard's profile tab.
     config.profile = {"enabled": False, "first_step": 10, "num_steps": 5, "every_steps": 0}
@@ -370,13 +369,13 @@ def _evaluate(
     return scalars
 
 
-def _flat_by_path(tree: Mapping[Any, Any], prefix: str = "") -> dict[str, Any]:
+def flat_by_path(tree: Mapping[Any, Any], prefix: str = "") -> dict[str, Any]:
     """Nested dicts -> {'a/b/c': leaf}; a trailing 'value' key (raw nnx Variables) is dropped."""
     out = {}
     for key, value in tree.items():
         path = f"{prefix}/{key}" if prefix else str(key)
         if isinstance(value, Mapping):
-            out.update(_flat_by_path(value, path))
+            out.update(flat_by_path(value, path))
         else:
             out[path.removesuffix("/value") if path.endswith("/value") else path] = value
     return out
@@ -395,8 +394,8 @@ def _fill_from(
                 f"({what}: {sorted(map(str, sub))})"
             )
         sub = sub[key]
-    wanted = _flat_by_path(sub)
-    given = _flat_by_path(source)
+    wanted = flat_by_path(sub)
+    given = flat_by_path(source)
     missing = sorted(set(wanted) - set(given))
     if missing:
         raise ValueError(
@@ -444,15 +443,33 @@ def init_from_checkpoint(
     origin = pathlib.Path(init.workdir) / "checkpoints"
     with checkpointing.Checkpointer(origin, handle_sigterm=False) as other:
         raw, step = other.restore_raw(None if init.step < 0 else init.step)
-    origin_name = f"{origin} step {step}"
-    params, n_params = _fill_from(state.params, raw["params"], init.into, "param", origin_name)
+    return state_with_weights(trainer, state, raw, init.into, f"{origin} step {step}")
+
+
+def state_with_weights(
+    trainer: Trainer, state: TrainState, raw: Mapping[str, Any], into: str, origin: str
+) -> TrainState:
+    """`state` with the sub-module `into` ('' = all) of `raw`'s weights, fresh optimiser state.
+
+    Args:
+      trainer: the Trainer of `state`.
+      state: the state to fill.
+      raw: {'params': ..., 'model_state': ...}, each nested dicts of host arrays (a checkpoint's
+        `Checkpointer.restore_raw`) or flat {'a/b/c': array} (`flat_by_path`).
+      into: the sub-module path.
+      origin: where `raw` comes from, for errors and the log.
+
+    Raises:
+      ValueError: a parameter is missing or has another shape (named).
+    """
+    params, n_params = _fill_from(state.params, raw["params"], into, "param", origin)
     model_state, n_vars = _fill_from(
-        state.model_state, raw["model_state"], init.into, "variable", origin_name
+        state.model_state, raw["model_state"], into, "variable", origin
     )
     logging.info(
         "Initialised %s from %s: %d params, %d other variables",
-        init.into or "the model",
-        origin_name,
+        into or "the model",
+        origin,
         n_params,
         n_vars,
     )
@@ -505,11 +522,7 @@ def train_and_evaluate(
         save_interval_steps=config.checkpoint_every_steps,
         async_writes=config.async_checkpoints,
     )
-    from clu import metric_writers
-
-    writer = metric_writers.create_default_writer(
-        str(workdir), just_logging=jax.process_index() > 0
-    )
+    writer = summaries.create_writer(workdir, just_logging=jax.process_index() > 0)
     try:
         return _loop(
             config, workdir, trainer, data_iterator_factory, rounds, checkpointer, writer, eval_fn
@@ -547,11 +560,7 @@ def evaluate_checkpoint(
                 f"evaluate; saved steps: {sorted(steps)}"
             )
         state, step = checkpointer.restore(trainer.abstract_state, step)
-    from clu import metric_writers
-
-    writer = metric_writers.create_default_writer(
-        str(workdir), just_logging=jax.process_index() > 0
-    )
+    writer = summaries.create_writer(workdir, just_logging=jax.process_index() > 0)
     try:
         return _evaluate(eval_fn, trainer, state, step, writer)
     finally:
@@ -589,20 +598,7 @@ def _loop(
         if resumed and step != current_round:
             checkpointer.restore_data(step, data_iterator)
     logging.info("Training from step %d to %d", step, num_steps)
-    from clu import periodic_actions
-
-    hooks = [periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer)]
-    if config.profile.enabled and jax.process_index() == 0:
-        hooks.append(
-            periodic_actions.Profile(
-                logdir=str(workdir),
-                num_profile_steps=config.profile.num_steps,
-                profile_duration_ms=0,  # the step count alone ends a trace
-                first_profile=config.profile.first_step,
-                every_steps=config.profile.every_steps or None,
-                every_secs=None,
-            )
-        )
+    hooks = summaries.training_hooks(config, workdir, num_steps, writer)
     max_nonfinite = int(config.get("max_consecutive_nonfinite", 0))
     eval_every = int(config.get("eval_every_steps", 0))
     train_metrics = None
@@ -645,7 +641,8 @@ def _loop(
         # Never checkpoint inside a non-finite streak: the last checkpoint stays a good one.
         if (checkpointer.should_save(step) or step == num_steps or preempted) and streak == 0:
             checkpointer.save(step, state, data_iterator)
-        if eval_fn is not None and ((eval_every and step % eval_every == 0) or step == num_steps):
+        at_eval_step = (eval_every and step % eval_every == 0) or step == num_steps
+        if eval_fn is not None and eval_every >= 0 and at_eval_step:
             with hooks[0].timed("eval"):
                 _evaluate(eval_fn, trainer, state, step, writer)
         if preempted:
