@@ -30,7 +30,7 @@ SHORT=${SHORT:-480}       # evaluation input short side (paper 480)
 CKPT=${CKPT:-100}
 PIXELS=${PIXELS:-1}       # 0: skip (d), whose number does not depend on training
 DAVIS=${DAVIS:-../shared/data/DAVIS2016}
-export PYTHONPATH=.
+export PYTHONPATH=.${PYTHONPATH:+:$PYTHONPATH}
 
 common=(
   --config=configs/ino/vits8_davis2016.py

@@ -8,11 +8,16 @@
 # All three use the crw propagation preset and the official evaluation.
 #
 #   bash experiments/maskvos_corr_davis2016.sh [WORKDIR]
-#   (env: STEPS CROP BATCH MIX WORKERS CKPT PIXELS RANDOM_INIT)
+#   (env: STEPS CROP BATCH MIX WORKERS CKPT PIXELS RANDOM_INIT DAVIS STAGE;
+#   STAGE=train trains (a) only, STAGE=eval evaluates (a)'s checkpoint of step STEPS and runs
+#   (b) and (c); the default, all, does both)
 #
 # Numbers, budget and machine go into experiments/README.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# On SIGTERM (a preemption, `timeout`): bash runs this once the running command has saved
+# its checkpoint and exited, so no later step starts.
+trap 'exit 143' TERM
 W=${1:-/tmp/maskvos_corr_davis2016}
 STEPS=${STEPS:-20000}
 CROP=${CROP:-256}
@@ -23,6 +28,7 @@ CKPT=${CKPT:-1000}        # checkpoint every CKPT steps
 PIXELS=${PIXELS:-1}       # 0: skip (c), whose number does not depend on training
 RANDOM_INIT=${RANDOM_INIT:-1}  # 0: skip (b), whose number does not depend on training
 DAVIS=${DAVIS:-../shared/data/DAVIS2016}
+STAGE=${STAGE:-all}       # train | eval | all
 
 common=(
   --config=configs/maskvos/corr_r18.py
@@ -34,10 +40,19 @@ common=(
   --config.eval_every_steps=0
 )
 
-# (a) trained; the same command resumes after an interruption.
-python -m vosjax.main "${common[@]}" --workdir="$W/trained" \
-  --config.num_train_steps="$STEPS" --config.optim.step_every=$((STEPS * 2 / 5)) \
+# (a) trained (the same command resumes after an interruption), then evaluated.
+trained=(
+  --workdir="$W/trained"
+  --config.num_train_steps="$STEPS" --config.optim.step_every=$((STEPS * 2 / 5))
   --config.checkpoint_every_steps="$CKPT"
+)
+if [[ "$STAGE" != eval ]]; then
+  python -m vosjax.main "${common[@]}" "${trained[@]}" --config.eval_every_steps=-1
+fi
+if [[ "$STAGE" == train ]]; then
+  exit 0
+fi
+python -m vosjax.main "${common[@]}" "${trained[@]}" --mode=eval --step="$STEPS"
 
 # (b) random initialisation.
 runs=(trained)

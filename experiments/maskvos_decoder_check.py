@@ -123,7 +123,7 @@ def sample_batch(
 
 
 def unflatten(flat: dict[str, np.ndarray]) -> dict:
-    """The inverse of `train._flat_by_path` on a pure dict (integer keys come back as ints, as
+    """The inverse of `train.flat_by_path` on a pure dict (integer keys come back as ints, as
     nnx's layer lists)."""
     tree: dict = {}
     for path, value in flat.items():
@@ -244,7 +244,7 @@ def main(argv: Sequence[str]) -> None:
     if _STEPS.value == 0:
         decode(0)
     if _SAVE.value:
-        np.savez(_SAVE.value, **train._flat_by_path(nnx.to_pure_dict(nnx.state(head))))
+        np.savez(_SAVE.value, **train.flat_by_path(nnx.to_pure_dict(nnx.state(head))))
 
 
 if __name__ == "__main__":

@@ -7,7 +7,8 @@
 #   bash experiments/maskvos_gt_control.sh W
 #   (W: a finished maskvos_full_davis2016.sh workdir: W/corr/trained/checkpoints/$CORR_STEPS and
 #   W/full/pseudo_masks/step_0; env as that script: STEPS CORR_STEPS CROP BATCH MIX WORKERS LR
-#   SHORT ROUNDS; UPDATE is 0). Writes W/gt_control; its J&F is W/gt_control/eval_results/step_<n>.
+#   SHORT ROUNDS DAVIS; UPDATE is 0). Writes W/gt_control; its J&F is
+#   W/gt_control/eval_results/step_<n>.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 W=${1:?usage: maskvos_gt_control.sh W}
@@ -23,3 +24,5 @@ if [[ ! -f "$W/gt_control/pseudo_masks/step_0/meta.json" ]]; then
 fi
 # (b)'s joint run on the control set.
 python -m vosjax.main "${full[@]}" --workdir="$W/gt_control"
+python -m vosjax.main "${full[@]}" --workdir="$W/gt_control" --mode=eval \
+  --step=$((STEPS - CORR_STEPS))

@@ -29,7 +29,7 @@ WORKERS=${WORKERS:-1}
 SHORT=${SHORT:-480}
 SPX=${SPX:-isec}
 CKPT=${CKPT:-100}
-export PYTHONPATH=.
+export PYTHONPATH=.${PYTHONPATH:+:$PYTHONPATH}
 
 common=(
   --config=configs/shls/davis2016_frames.py
