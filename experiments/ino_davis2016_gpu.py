@@ -25,13 +25,13 @@ import time
 from collections.abc import Sequence
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import app, flags
 from flax import nnx
 
 from configs.ino import vits8_davis2016
+from experiments import npz_shards
 from vosjax import main as vosjax_main
 from vosjax import optimizers, sharding, train
 from vosjax.methods.ino import method
@@ -50,7 +50,6 @@ _EMA = flags.DEFINE_float("ema", 0.996, "Teacher momentum at step 0.")
 _SHORT = flags.DEFINE_integer("short_side", 480, "Evaluation input short side.")
 _SEQUENCES = flags.DEFINE_string("sequences", "", "Evaluate these val sequences ('' = all 8).")
 _SMOKE = flags.DEFINE_bool("smoke", False, "The tiny :smoke ViT (to try the script on a CPU).")
-SHARD_BYTES = 15 * 2**20  # files back from the GPU machine must stay under 16 MiB
 
 
 def make_config(variant: str) -> ml_collections.ConfigDict:
@@ -85,21 +84,6 @@ def flat_params(module: nnx.Module, block: int) -> dict[str, np.ndarray]:
     return {k: v for k, v in flat.items() if kept(k, block)}
 
 
-def save_shards(params: dict[str, np.ndarray], out: pathlib.Path, variant: str) -> int:
-    shards, current, size = [], {}, 0
-    for key, value in params.items():
-        value = np.asarray(jnp.asarray(value, jnp.bfloat16)).view(np.uint16)  # npz has no bf16
-        if current and size + value.nbytes > SHARD_BYTES:
-            shards.append(current)
-            current, size = {}, 0
-        current[key] = value
-        size += value.nbytes
-    shards.append(current)
-    for i, shard in enumerate(shards):
-        np.savez(out / f"{variant}_{i}.npz", **shard)
-    return len(shards)
-
-
 def train_variant(variant: str, out: pathlib.Path) -> None:
     config = make_config(variant)
     ino = method.INO(config)
@@ -119,7 +103,8 @@ def train_variant(variant: str, out: pathlib.Path) -> None:
             if elapsed > 60 * _MINUTES.value:
                 break
     model = trainer.model(state)
-    shards = save_shards(flat_params(model.student, config.eval.block), out, variant)
+    params = flat_params(model.student, config.eval.block)
+    shards = npz_shards.write_shards(params, out, variant, step, "bfloat16")
     summary = {"variant": variant, "steps": step, "planned_steps": config.num_train_steps}
     summary |= {"batch": config.batch_size, "device": jax.devices()[0].device_kind, "log": log}
     (out / f"{variant}.json").write_text(json.dumps(summary))
@@ -132,10 +117,7 @@ def evaluate_variant(variant: str, out: pathlib.Path) -> dict:
 
     config = make_config(variant)
     model = model_lib.INOModel(config.model, rngs=nnx.Rngs(0))
-    saved = {}
-    for path in sorted(out.glob(f"{variant}_*.npz")):
-        with np.load(path) as shard:
-            saved |= {k: shard[k].view(jnp.bfloat16).astype(np.float32) for k in shard.files}
+    saved, _ = npz_shards.read_shards(out / variant)
     state = nnx.state(model.student, nnx.Param)
     pure = nnx.to_pure_dict(state)
     leaves, treedef = jax.tree_util.tree_flatten_with_path(pure)

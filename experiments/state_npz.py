@@ -19,10 +19,10 @@ from __future__ import annotations
 import pathlib
 from collections.abc import Sequence
 
-import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
+from experiments import npz_shards
 from vosjax import checkpointing, train
 from vosjax import main as vosjax_main
 
@@ -33,7 +33,6 @@ _OUT = flags.DEFINE_string("out", None, "Folder of the shards (export).")
 _NAME = flags.DEFINE_string("name", "state", "Shard name prefix (export).")
 _NPZ = flags.DEFINE_string("npz", None, "OUT/NAME of the shards (import).")
 _DTYPE = flags.DEFINE_enum("dtype", "bfloat16", ["bfloat16", "float32"], "Stored precision.")
-SHARD_BYTES = 15 * 2**20
 GROUPS = ("params", "model_state")
 
 
@@ -43,50 +42,23 @@ def export(workdir: str, step: int | None, out: pathlib.Path, name: str, dtype: 
         pathlib.Path(workdir) / "checkpoints", handle_sigterm=False
     ) as checkpointer:
         raw, step = checkpointer.restore_raw(step)
-    out.mkdir(parents=True, exist_ok=True)
-    shards, current, size = [], {}, 0
-    for group in GROUPS:
-        for path, value in train.flat_by_path(raw[group]).items():
-            value = np.asarray(value)
-            if dtype == "bfloat16" and np.issubdtype(value.dtype, np.floating):
-                # npz has no bfloat16: stored as its uint16 bits under a 'bf16:' key.
-                key, value = f"bf16:{group}/{path}", np.asarray(value, jnp.bfloat16).view(np.uint16)
-            else:
-                key = f"{group}/{path}"
-            if current and size + value.nbytes > SHARD_BYTES:
-                shards.append(current)
-                current, size = {}, 0
-            current[key], size = value, size + value.nbytes
-    shards.append(current)
-    for old in out.glob(f"{name}_*.npz"):
-        old.unlink()
-    for i, shard in enumerate(shards):
-        np.savez(out / f"{name}_{i}.npz", step=np.int64(step), **shard)
+    flat = {
+        f"{group}/{path}": value
+        for group in GROUPS
+        for path, value in train.flat_by_path(raw[group]).items()
+    }
+    npz_shards.write_shards(flat, out, name, step, dtype)
     return step
 
 
 def load(prefix: str) -> tuple[dict[str, dict[str, np.ndarray]], int]:
     """The shards `prefix`_*.npz as {'params': {path: array}, 'model_state': {...}}, and step."""
-    files = sorted(pathlib.Path(prefix).parent.glob(pathlib.Path(prefix).name + "_*.npz"))
-    if not files:
-        raise FileNotFoundError(f"--npz={prefix}: no {prefix}_*.npz")
+    flat, step = npz_shards.read_shards(prefix)
     raw: dict[str, dict[str, np.ndarray]] = {group: {} for group in GROUPS}
-    steps = set()
-    for file in files:
-        with np.load(file) as shard:
-            steps.add(int(shard["step"]))
-            for key in shard.files:
-                if key == "step":
-                    continue
-                value = shard[key]
-                if key.startswith("bf16:"):
-                    key = key.removeprefix("bf16:")
-                    value = value.view(jnp.bfloat16).astype(np.float32)
-                group, path = key.split("/", 1)
-                raw[group][path] = value
-    if len(steps) != 1:
-        raise ValueError(f"--npz={prefix}: shards of different steps {sorted(steps)}")
-    return raw, steps.pop()
+    for key, value in flat.items():
+        group, path = key.split("/", 1)
+        raw[group][path] = value
+    return raw, step
 
 
 def import_state(config, prefix: str, workdir: str, step: int | None) -> int:
@@ -109,7 +81,7 @@ def main(argv: Sequence[str]) -> None:
     if _ACTION.value == "export":
         out, workdir = pathlib.Path(_OUT.value), flags.FLAGS.workdir
         step = export(workdir, flags.FLAGS.step, out, _NAME.value, _DTYPE.value)
-        print(f"exported step {step} of {flags.FLAGS.workdir} to {_OUT.value}/{_NAME.value}_*.npz")
+        print(f"exported step {step} of {workdir} to {out}/{_NAME.value}_*.npz")
     else:
         step = import_state(flags.FLAGS.config, _NPZ.value, flags.FLAGS.workdir, flags.FLAGS.step)
         print(f"checkpoint of step {step} in {flags.FLAGS.workdir}/checkpoints")
