@@ -19,7 +19,8 @@ Fields of `config.optim` (defaults in `default_config()`):
     which then gets no weight decay (DINO / INO: none on biases and norms).
   frozen: parameter path prefixes ('encoder/backbone': every parameter under
     model.encoder.backbone) whose updates are zero (Mask-VOS's released mask stage freezes the
-    backbone).
+    backbone; Mask-VOS also runs a frozen 'encoder' or 'encoder/backbone' with its BatchNorm
+    running statistics and sends it no gradient).
 """
 
 from __future__ import annotations

@@ -62,6 +62,55 @@ def test_one_sharded_step_of_the_full_loss():
         assert any(changed), path
 
 
+def _subtree(tree, path):
+    for key in path:
+        tree = tree[key]
+    return [np.asarray(x) for x in jax.tree.leaves(tree)]
+
+
+def _changed(old, new, path):
+    a, b = _subtree(old, path), _subtree(new, path)
+    assert a, path
+    return [not np.array_equal(x, y) for x, y in zip(a, b, strict=True)]
+
+
+def _one_step(config):
+    trainer = train.Trainer(config, method.MaskVOS(config))
+    state = trainer.init_state()
+    old = jax.tree.map(np.asarray, (state.params, state.model_state))  # the step donates it
+    batch = sharding.shard_batch(_batch(config), trainer.mesh)
+    new_state, step_metrics = trainer.train_step(state, batch, trainer.train_rng)
+    new = jax.tree.map(np.asarray, (new_state.params, new_state.model_state))
+    return old, new, step_metrics.compute()
+
+
+def test_a_frozen_encoder_keeps_weights_and_statistics_and_seg_alone_is_trained():
+    """The released mask stage with all of E frozen and no correspondence term."""
+    config = _config(short_weight=0.0, long_weight=0.0)
+    config.optim.frozen = ("encoder",)
+    (old_params, old_stats), (new_params, new_stats), values = _one_step(config)
+    assert not any(_changed(old_params, new_params, ("encoder",)))
+    assert not any(_changed(old_stats, new_stats, ("encoder",)))  # running statistics used
+    assert any(_changed(old_params, new_params, ("head", "decoder")))
+    assert any(_changed(old_stats, new_stats, ("head",)))  # V's BatchNorm still trains
+    # No view encoded, no correspondence metric: the loss is L_seg.
+    assert "short_loss" not in values and "long_loss" not in values
+    np.testing.assert_allclose(values["loss"], values["seg_loss"], rtol=1e-6)
+    assert 0.3 < float(values["seg_loss"]) < 5.0
+
+
+def test_a_frozen_backbone_keeps_its_statistics_while_the_key_head_trains():
+    """The 'code' setting: the backbone frozen (torch.no_grad, .eval()), down_dim / emb_q train."""
+    config = _config()
+    config.optim.frozen = ("encoder/backbone",)
+    (old_params, old_stats), (new_params, new_stats), values = _one_step(config)
+    assert not any(_changed(old_params, new_params, ("encoder", "backbone")))
+    assert not any(_changed(old_stats, new_stats, ("encoder", "backbone")))
+    assert any(_changed(old_params, new_params, ("encoder", "key_conv2")))
+    assert any(_changed(old_stats, new_stats, ("encoder", "down_norm")))
+    assert float(values["short_loss"]) > 0 and float(values["seg_loss"]) > 0
+
+
 def test_without_seg_it_is_the_correspondence_loss():
     config = _config(seg_weight=0.0)
     full = method.MaskVOS(config)

@@ -96,18 +96,27 @@ class MaskVOSEncoder(nnx.Module):
         self.output_stride = output_stride
         self.key_dim = key_dim
 
-    def __call__(self, x: jax.Array, *, train: bool = False) -> dict[str, jax.Array]:
+    def __call__(
+        self, x: jax.Array, *, train: bool = False, train_backbone: bool | None = None
+    ) -> dict[str, jax.Array]:
         """Encodes normalised frames.
 
         Args:
           x: [B, H, W, 3] frames normalised with ImageNet mean / std
             (`vosjax.ops.color.normalize_frames`).
           train: use and update batch statistics if True.
+          train_backbone: False runs the backbone as the released mask stage runs its frozen
+            one (`torch.no_grad()` and `.eval()`): running statistics, no gradient to it.
+            Defaults to `train`.
 
         Returns:
           {'key', 'res4', 'f3', 'f2'}; see the class docstring.
         """
-        stages = self.backbone(x, train=train)
+        if train_backbone is None:
+            train_backbone = train
+        stages = self.backbone(x, train=train_backbone)
+        if not train_backbone:
+            stages = jax.lax.stop_gradient(stages)
         use_avg = not train
         res4 = nnx.relu(
             self.down_norm(self.down_conv(stages["layer3"]), use_running_average=use_avg)

@@ -107,6 +107,7 @@ def add_config_fields(
 
 
 SEGMENTERS = ("decoding", "propagation")
+CORRESPONDENCE_WEIGHTS = ("short_weight", "long_weight", "temp_weight")
 
 
 class MaskVOS:
@@ -138,6 +139,11 @@ class MaskVOS:
             )
         if "decoding" in config.eval:
             inference.from_config(config.eval.decoding)  # names a bad field now, not at eval
+        frozen = {str(p).strip("/") for p in config.optim.get("frozen", ())}
+        # A frozen E (or backbone) never changes: its BatchNorm statistics stay too.
+        self.encoder_frozen = "encoder" in frozen
+        self.backbone_frozen = self.encoder_frozen or "encoder/backbone" in frozen
+        self.correspondence_off = not any(loss[n] for n in CORRESPONDENCE_WEIGHTS)
         self.config = config
 
     def build_model(self, config: ml_collections.ConfigDict, rngs: nnx.Rngs) -> MaskVOSModel:
@@ -173,7 +179,10 @@ class MaskVOS:
         """seg_weight * L_seg + the correspondence terms.
 
         A batch without 'labels' (the correspondence-only rounds before the first clustering)
-        gives the correspondence terms alone.
+        gives the correspondence terms alone. With every correspondence weight 0 and 'labels'
+        given, the view is not encoded and the metrics are L_seg's alone. A frozen E or
+        backbone (`config.optim.frozen` holds 'encoder' or 'encoder/backbone') runs with its
+        running statistics and passes no gradient back.
 
         Returns:
           (scalar loss, the correspondence metrics + 'seg_loss', 'seg_acc', 'seg_objects').
@@ -182,18 +191,28 @@ class MaskVOS:
         cfg = self.config.loss
         video = batch["video"]
         b, t = video.shape[:2]
-        frames = jnp.concatenate([video.reshape(b * t, *video.shape[2:]), batch["view"]], axis=0)
+        seg_only = self.correspondence_off and "labels" in batch
+        frames = video.reshape(b * t, *video.shape[2:])
+        if not seg_only:
+            frames = jnp.concatenate([frames, batch["view"]], axis=0)
         frames = color.normalize_frames(frames)
-        outputs = model.encoder(frames, train=True)
-        keys = outputs["key"].astype(jnp.float32)
-        corr, aux = correspondence.correspondence_terms(
-            cfg,
-            keys[: b * t].reshape(b, t, *keys.shape[1:]),
-            keys[b * t :],
-            batch["affine"],
-            batch.get("frame_indices"),
-            video.shape[2:4],
+        outputs = model.encoder(
+            frames, train=not self.encoder_frozen, train_backbone=not self.backbone_frozen
         )
+        if self.encoder_frozen:
+            outputs = jax.lax.stop_gradient(outputs)
+        if seg_only:
+            corr, aux = jnp.zeros((), jnp.float32), {}
+        else:
+            keys = outputs["key"].astype(jnp.float32)
+            corr, aux = correspondence.correspondence_terms(
+                cfg,
+                keys[: b * t].reshape(b, t, *keys.shape[1:]),
+                keys[b * t :],
+                batch["affine"],
+                batch.get("frame_indices"),
+                video.shape[2:4],
+            )
         if "labels" not in batch:
             return corr, aux
         clip = {name: x[: b * t].reshape(b, t, *x.shape[1:]) for name, x in outputs.items()}
