@@ -134,24 +134,32 @@ def param_path(path: tuple[Any, ...]) -> str:
     return "/".join(str(n) for n in names if n != "value")
 
 
+def is_frozen(name: str, prefixes: Any) -> bool:
+    """True if the path `name` ('encoder/backbone') lies under one of `prefixes`.
+
+    `prefixes` as config.optim.frozen: 'encoder' covers 'encoder' and 'encoder/...', not
+    'encoder2'; leading and trailing '/' are ignored.
+    """
+    prefixes = [str(p).strip("/") for p in prefixes]
+    return any(name == p or name.startswith(p + "/") for p in prefixes)
+
+
 def frozen_labels(params: Any, prefixes: Any) -> Any:
     """'frozen' for parameters under one of `prefixes`, 'trained' for the others.
 
     Raises:
       ValueError: a prefix that matches no parameter (named as config.optim.frozen).
     """
-    prefixes = [p.strip("/") for p in prefixes]
     paths = [param_path(path) for path, _ in jax.tree_util.tree_leaves_with_path(params)]
     for prefix in prefixes:
-        if not any(p == prefix or p.startswith(prefix + "/") for p in paths):
+        if not any(is_frozen(p, [prefix]) for p in paths):
             raise ValueError(
-                f"config.optim.frozen: {prefix!r} matches no parameter (e.g. {paths[:3]})"
+                f"config.optim.frozen: {prefix.strip('/')!r} matches no parameter "
+                f"(e.g. {paths[:3]})"
             )
 
     def label(path: tuple[Any, ...], _: Any) -> str:
-        name = param_path(path)
-        frozen = any(name == p or name.startswith(p + "/") for p in prefixes)
-        return "frozen" if frozen else "trained"
+        return "frozen" if is_frozen(param_path(path), prefixes) else "trained"
 
     return jax.tree_util.tree_map_with_path(label, params)
 

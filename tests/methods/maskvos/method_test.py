@@ -35,6 +35,18 @@ def _batch(config, seed=0):
     }
 
 
+def _subtree(tree, path):
+    for key in path:
+        tree = tree[key]
+    return [np.asarray(x) for x in jax.tree.leaves(tree)]
+
+
+def _changed(old, new, path):
+    a, b = _subtree(old, path), _subtree(new, path)
+    assert a, path
+    return [not np.array_equal(x, y) for x, y in zip(a, b, strict=True)]
+
+
 def test_one_sharded_step_of_the_full_loss():
     config = _config()
     trainer = train.Trainer(config, method.MaskVOS(config))
@@ -52,26 +64,7 @@ def test_one_sharded_step_of_the_full_loss():
     assert float(values["seg_objects"]) == 2.0
     # Both E and (V, D) were updated.
     for path in (("encoder", "key_conv2", "kernel"), ("head", "decoder")):
-        old, new = old_params, new_state.params
-        for key in path:
-            old, new = old[key], new[key]
-        changed = [
-            not np.array_equal(np.asarray(a), np.asarray(b))
-            for a, b in zip(jax.tree.leaves(old), jax.tree.leaves(new), strict=True)
-        ]
-        assert any(changed), path
-
-
-def _subtree(tree, path):
-    for key in path:
-        tree = tree[key]
-    return [np.asarray(x) for x in jax.tree.leaves(tree)]
-
-
-def _changed(old, new, path):
-    a, b = _subtree(old, path), _subtree(new, path)
-    assert a, path
-    return [not np.array_equal(x, y) for x, y in zip(a, b, strict=True)]
+        assert any(_changed(old_params, new_state.params, path)), path
 
 
 def _one_step(config):

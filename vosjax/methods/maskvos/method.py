@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
-from vosjax import evaluate
+from vosjax import evaluate, optimizers
 from vosjax.methods.maskvos import correspondence, inference, mask_data, mask_model, segmentation
 from vosjax.methods.maskvos import encoder as encoder_lib
 from vosjax.ops import color
@@ -139,10 +139,10 @@ class MaskVOS:
             )
         if "decoding" in config.eval:
             inference.from_config(config.eval.decoding)  # names a bad field now, not at eval
-        frozen = {str(p).strip("/") for p in config.optim.get("frozen", ())}
+        frozen = config.optim.get("frozen", ())
         # A frozen E (or backbone) never changes: its BatchNorm statistics stay too.
-        self.encoder_frozen = "encoder" in frozen
-        self.backbone_frozen = self.encoder_frozen or "encoder/backbone" in frozen
+        self.encoder_frozen = optimizers.is_frozen("encoder", frozen)
+        self.backbone_frozen = optimizers.is_frozen("encoder/backbone", frozen)
         self.correspondence_off = not any(loss[n] for n in CORRESPONDENCE_WEIGHTS)
         self.config = config
 
