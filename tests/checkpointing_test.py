@@ -3,6 +3,7 @@
 import os
 import signal
 
+import flax
 import grain
 import jax
 import jax.numpy as jnp
@@ -74,3 +75,60 @@ def test_plain_stateful_iterator_and_sigterm(tmp_path):
         _, step = ckpt.restore(_abstract(_state(mesh, 0)), data_iterator=restored_counter)
     assert step == 1 and restored_counter.position == 17
     assert signal.getsignal(signal.SIGTERM) is not None
+
+
+@flax.struct.dataclass
+class _TrainState:
+    params: dict
+    step: jax.Array
+
+
+def _train_state(mesh, scale, step):
+    params = {"w": jnp.arange(12, dtype=jnp.float32).reshape(4, 3) * scale}
+    params["bn"] = {"var": jnp.full((3,), scale, jnp.bfloat16)}
+    state = _TrainState(params, jnp.array(step, jnp.int32))
+    return jax.device_put(state, sharding.replicated(mesh))
+
+
+def test_average_checkpoints_restores_into_the_train_state(tmp_path):
+    mesh = sharding.make_mesh({"data": -1})
+    with checkpointing.Checkpointer(tmp_path / "run", max_to_keep=2) as ckpt:
+        for step, scale in ((10, 1.0), (20, 2.0), (30, 6.0)):
+            ckpt.save(step, _train_state(mesh, scale, step))
+    # max_to_keep=2 left steps 20 and 30; a fourth, step 10, is gone.
+    with pytest.raises(FileNotFoundError, match=r"no checkpoint of step\(s\) \[10\]"):
+        checkpointing.average_checkpoints(tmp_path / "run", [10, 20], tmp_path / "avg")
+    out_step = checkpointing.average_checkpoints(tmp_path / "run", [30, 20], tmp_path / "avg")
+    assert out_step == 30
+    abstract = _abstract(_train_state(mesh, 0.0, 0))
+    with checkpointing.Checkpointer(tmp_path / "avg") as avg:
+        assert avg.all_steps() == [30]
+        restored, step = avg.restore(abstract)
+    np.testing.assert_array_equal(restored.params["w"], np.arange(12.0).reshape(4, 3) * 4.0)
+    assert restored.params["bn"]["var"].dtype == jnp.bfloat16
+    np.testing.assert_array_equal(restored.params["bn"]["var"].astype(np.float32), 4.0)
+    assert int(restored.step) == 30  # integers: the last step's
+    # The source run is untouched.
+    with checkpointing.Checkpointer(tmp_path / "run") as ckpt:
+        original, _ = ckpt.restore(abstract, step=30)
+    np.testing.assert_array_equal(original.params["w"], np.arange(12.0).reshape(4, 3) * 6.0)
+    assert (
+        checkpointing.average_checkpoints(tmp_path / "run", [20, 30], tmp_path / "avg2", out_step=7)
+        == 7
+    )
+    with pytest.raises(FileExistsError, match="step 30 is already saved"):
+        checkpointing.average_checkpoints(tmp_path / "run", [20, 30], tmp_path / "avg")
+
+
+def test_average_checkpoints_rejects_bad_requests(tmp_path):
+    mesh = sharding.make_mesh({"data": -1})
+    with checkpointing.Checkpointer(tmp_path / "run", max_to_keep=None) as ckpt:
+        ckpt.save(1, _state(mesh, 1.0))
+        ckpt.save(2, _state(mesh, 2.0))
+        ckpt.save(3, {"w": jnp.zeros((2, 3)), "step": jnp.array(3)})
+    with pytest.raises(ValueError, match=r"two or more distinct steps, got \[1\]"):
+        checkpointing.average_checkpoints(tmp_path / "run", [1, 1], tmp_path / "avg")
+    with pytest.raises(ValueError, match="out_directory must differ"):
+        checkpointing.average_checkpoints(tmp_path / "run", [1, 2], tmp_path / "run")
+    with pytest.raises(ValueError, match=r"\['w'\] has shape \(4, 3\) at step 1 but \(2, 3\)"):
+        checkpointing.average_checkpoints(tmp_path / "run", [1, 3], tmp_path / "avg")

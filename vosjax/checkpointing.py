@@ -6,6 +6,9 @@ resumed run sees the same batches. Saves are asynchronous (the device -> host co
 disk write does not), old steps are pruned (keep N), and a SIGTERM (preemption) makes the next
 `should_save` return True so the loop saves at the next step boundary and exits cleanly.
 
+`average_checkpoints` writes the mean of several saved steps (weight averaging of neighbouring
+checkpoints) as a new checkpoint that `--mode=eval` restores like any other.
+
 The data iterator is any object with `get_state()` / `set_state()`: grain iterators go through
 grain's own orbax handler (one JSON file per process); other objects must return JSON-compatible
 values from `get_state()`.
@@ -17,10 +20,13 @@ import json
 import pathlib
 import signal
 import threading
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 import grain
 import jax
+import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 from jax.experimental import multihost_utils
@@ -66,7 +72,7 @@ class Checkpointer:
 
     Args:
       directory: where the step folders go (created if missing).
-      max_to_keep: number of most recent checkpoints kept.
+      max_to_keep: number of most recent checkpoints kept (None: all).
       save_interval_steps: `should_save(step)` is True every this many steps.
       async_writes: write to disk in a background thread.
       handle_sigterm: install a SIGTERM handler that requests a save at the next step boundary
@@ -78,7 +84,7 @@ class Checkpointer:
         self,
         directory: str | pathlib.Path,
         *,
-        max_to_keep: int = 3,
+        max_to_keep: int | None = 3,
         save_interval_steps: int = 1000,
         async_writes: bool = True,
         handle_sigterm: bool = True,
@@ -241,3 +247,84 @@ class Checkpointer:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def average_checkpoints(
+    directory: str | pathlib.Path,
+    steps: Sequence[int],
+    out_directory: str | pathlib.Path,
+    out_step: int | None = None,
+) -> int:
+    """Saves the element-wise mean of the states of `steps` as one checkpoint in `out_directory`.
+
+    Floating leaves (weights, BatchNorm statistics, optimizer moments) are averaged in float64 and
+    cast back; other leaves (step counters) are taken from the last step. The data iterator's
+    position is not saved: the result is for evaluation (`--mode=eval --step=out_step`). An
+    offline tool: one process reads every step onto the host.
+
+    Args:
+      directory: a `checkpoints` folder holding every step of `steps`.
+      steps: two or more saved steps.
+      out_directory: where the averaged checkpoint goes (another run's `checkpoints` folder,
+        so that the original run's folder and its pruning are untouched).
+      out_step: its step number; None: the last of `steps`.
+
+    Returns:
+      The step number written.
+
+    Raises:
+      FileNotFoundError: a step is not saved in `directory` (naming it and the saved steps).
+      FileExistsError: `out_directory` already holds `out_step`.
+      ValueError: fewer than two distinct steps, `out_directory` is `directory`, or the states
+        differ in structure or shapes (naming the first differing leaf).
+    """
+    steps = sorted({int(s) for s in steps})
+    if len(steps) < 2:
+        raise ValueError(f"average_checkpoints: expected two or more distinct steps, got {steps}")
+    directory = pathlib.Path(directory).absolute()
+    out_directory = pathlib.Path(out_directory).absolute()
+    if out_directory == directory:
+        raise ValueError(f"average_checkpoints: out_directory must differ from {directory}")
+    with Checkpointer(directory, max_to_keep=None, handle_sigterm=False) as source:
+        missing = sorted(set(steps) - set(source.all_steps()))
+        if missing:
+            raise FileNotFoundError(
+                f"{directory}: no checkpoint of step(s) {missing}; saved steps are "
+                f"{source.all_steps()}"
+            )
+        states = [source.restore_raw(step)[0] for step in steps]
+    paths, treedef = jax.tree.flatten_with_path(states[-1])
+    leaves = []
+    for step, state in zip(steps, states, strict=True):
+        flat, flat_def = jax.tree.flatten_with_path(state)
+        if flat_def != treedef:
+            raise ValueError(
+                f"{directory}: step {step}'s state differs in structure from step {steps[-1]}'s"
+            )
+        for (path, last), (_, leaf) in zip(paths, flat, strict=True):
+            if np.shape(leaf) != np.shape(last):
+                raise ValueError(
+                    f"{directory}: {jax.tree_util.keystr(path)} has shape {np.shape(leaf)} at "
+                    f"step {step} but {np.shape(last)} at step {steps[-1]}"
+                )
+        leaves.append([np.asarray(leaf) for _, leaf in flat])
+    averaged = []
+    for per_step in zip(*leaves, strict=True):
+        last = per_step[-1]
+        if jnp.issubdtype(last.dtype, jnp.floating):  # bfloat16 too (not an np.floating)
+            last = np.mean(np.stack(per_step).astype(np.float64), axis=0).astype(last.dtype)
+        averaged.append(last)
+    out_step = steps[-1] if out_step is None else int(out_step)
+    with Checkpointer(out_directory, handle_sigterm=False, async_writes=False) as out:
+        if out_step in out.all_steps():
+            raise FileExistsError(f"{out_directory}: step {out_step} is already saved there")
+        # jax.Arrays, as the training loop saves them (numpy leaves would be stored differently).
+        out.save(out_step, jax.tree.unflatten(treedef, [jnp.asarray(x) for x in averaged]))
+    logging.info(
+        "Saved the mean of steps %s of %s as step %d of %s",
+        steps,
+        directory,
+        out_step,
+        out_directory,
+    )
+    return out_step
