@@ -2,7 +2,7 @@
 
   PYTHONPATH=. python experiments/maskvos_decoding_diagnosis.py \
       --workdir=/tmp/runs/full [--step=-1 --frames=30 --sequences=blackswan,dog,parkour \
-      --variants=rounds3,rounds0,mix,coarse,hard,hard_coarse --short_side=240]
+      --variants=rounds3,rounds0,mix,coarse,hard,hard_coarse --short_side=240 --frozen=]
 
 Loads a checkpoint of configs/maskvos/davis2016.py and segments the first `--frames` frames of
 DAVIS2016 480p val sequences with:
@@ -48,6 +48,9 @@ _VARIANTS = flags.DEFINE_string(
     "variants", "rounds3,rounds0,mix,coarse,hard,hard_coarse", "Comma-separated variants."
 )
 _SHORT = flags.DEFINE_integer("short_side", 240, "Decoding input short side.")
+_FROZEN = flags.DEFINE_list(
+    "frozen", [], "config.optim.frozen of the run (e.g. encoder: maskvos_frozen_e.sh's runs)."
+)
 _DAVIS = flags.DEFINE_string(
     "davis", str(pathlib.Path(__file__).resolve().parents[2] / "shared/data/DAVIS2016"), ""
 )
@@ -141,6 +144,7 @@ def run_variants(
 def main(argv: Sequence[str]) -> None:
     del argv
     config = davis2016.get_config()
+    config.optim.frozen = tuple(_FROZEN.value)
     trainer = train.Trainer(config, method.MaskVOS(config))
     step = None if _STEP.value < 0 else _STEP.value
     with checkpointing.Checkpointer(
