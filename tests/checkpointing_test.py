@@ -96,7 +96,9 @@ def test_average_checkpoints_restores_into_the_train_state(tmp_path):
         for step, scale in ((10, 1.0), (20, 2.0), (30, 6.0)):
             ckpt.save(step, _train_state(mesh, scale, step))
     # max_to_keep=2 left steps 20 and 30; a fourth, step 10, is gone.
-    with pytest.raises(FileNotFoundError, match=r"no checkpoint of step\(s\) \[10\]"):
+    with pytest.raises(
+        FileNotFoundError, match=r"no checkpoint of step 10; saved steps are \[20, 30\]"
+    ):
         checkpointing.average_checkpoints(tmp_path / "run", [10, 20], tmp_path / "avg")
     out_step = checkpointing.average_checkpoints(tmp_path / "run", [30, 20], tmp_path / "avg")
     assert out_step == 30

@@ -273,7 +273,7 @@ def average_checkpoints(
       The step number written.
 
     Raises:
-      FileNotFoundError: a step is not saved in `directory` (naming it and the saved steps).
+      FileNotFoundError: a step is not saved in `directory` (`Checkpointer.restore_raw`'s error).
       FileExistsError: `out_directory` already holds `out_step`.
       ValueError: fewer than two distinct steps, `out_directory` is `directory`, or the states
         differ in structure or shapes (naming the first differing leaf).
@@ -286,13 +286,7 @@ def average_checkpoints(
     if out_directory == directory:
         raise ValueError(f"average_checkpoints: out_directory must differ from {directory}")
     with Checkpointer(directory, max_to_keep=None, handle_sigterm=False) as source:
-        missing = sorted(set(steps) - set(source.all_steps()))
-        if missing:
-            raise FileNotFoundError(
-                f"{directory}: no checkpoint of step(s) {missing}; saved steps are "
-                f"{source.all_steps()}"
-            )
-        states = [source.restore_raw(step)[0] for step in steps]
+        states = [source.restore_raw(step)[0] for step in steps]  # raises for a missing step
     paths, treedef = jax.tree.flatten_with_path(states[-1])
     leaves = []
     for step, state in zip(steps, states, strict=True):
@@ -312,8 +306,11 @@ def average_checkpoints(
     for per_step in zip(*leaves, strict=True):
         last = per_step[-1]
         if jnp.issubdtype(last.dtype, jnp.floating):  # bfloat16 too (not an np.floating)
-            last = np.mean(np.stack(per_step).astype(np.float64), axis=0).astype(last.dtype)
-        averaged.append(last)
+            averaged.append(
+                np.mean(np.stack(per_step), axis=0, dtype=np.float64).astype(last.dtype)
+            )
+        else:
+            averaged.append(last)
     out_step = steps[-1] if out_step is None else int(out_step)
     with Checkpointer(out_directory, handle_sigterm=False, async_writes=False) as out:
         if out_step in out.all_steps():
