@@ -2,7 +2,8 @@
 
   PYTHONPATH=. python experiments/maskvos_decoding_diagnosis.py \
       --workdir=/tmp/runs/full [--step=-1 --frames=30 --sequences=blackswan,dog,parkour \
-      --variants=rounds3,rounds0,mix,coarse,hard,hard_coarse --short_side=240 --frozen=]
+      --variants=rounds3,rounds0,mix,coarse,hard,hard_coarse --short_side=240 --frozen= \
+      --stats_step=-1]
 
 Loads a checkpoint of configs/maskvos/davis2016.py and segments the first `--frames` frames of
 DAVIS2016 480p val sequences with:
@@ -18,6 +19,10 @@ DAVIS2016 480p val sequences with:
 For each it prints J-Mean and F-Mean (official region and contour accuracy over frames 1..N-2)
 and the predicted foreground fraction against the ground truth's, per sequence, then J, F and
 J&F averaged over the objects (over the full sequences: the official J-Mean, F-Mean, J&F-Mean).
+
+`--stats_step=S` replaces the checkpoint's BatchNorm statistics (every `nnx.BatchStat`) with
+those of step S of the same run, keeping its weights: whether a change of behaviour between two
+checkpoints lies in their weights or in their running statistics.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
+from flax import nnx
 
 from configs.maskvos import davis2016
 from vosjax import checkpointing, train
@@ -50,6 +56,9 @@ _VARIANTS = flags.DEFINE_string(
 _SHORT = flags.DEFINE_integer("short_side", 240, "Decoding input short side.")
 _FROZEN = flags.DEFINE_list(
     "frozen", [], "config.optim.frozen of the run (e.g. encoder: maskvos_frozen_e.sh's runs)."
+)
+_STATS_STEP = flags.DEFINE_integer(
+    "stats_step", -1, "Take the BatchNorm statistics from this step (-1: the checkpoint's own)."
 )
 _DAVIS = flags.DEFINE_string(
     "davis", str(pathlib.Path(__file__).resolve().parents[2] / "shared/data/DAVIS2016"), ""
@@ -151,7 +160,13 @@ def main(argv: Sequence[str]) -> None:
         pathlib.Path(_WORKDIR.value) / "checkpoints", handle_sigterm=False
     ) as checkpointer:
         state, step = checkpointer.restore(trainer.abstract_state, step)
+        stats_from = None
+        if _STATS_STEP.value >= 0:
+            stats_from, _ = checkpointer.restore(trainer.abstract_state, _STATS_STEP.value)
     model = trainer.model(state)
+    if stats_from is not None:
+        nnx.update(model, nnx.state(trainer.model(stats_from), nnx.BatchStat))
+        print(f"BatchNorm statistics of step {_STATS_STEP.value}")
     sequences = davis.load_davis(_DAVIS.value, "2016/val", "480p", _SEQUENCES.value.split(","))
     n = _FRAMES.value
     print(f"checkpoint step {step}; first {n} frames; short side {_SHORT.value}")
