@@ -81,7 +81,7 @@ def test_bad_configs_name_the_field(tmp_path):
         train.Trainer(config, toy_method.ToyMethod())
 
 
-def _run(workdir, num_steps, nan_steps=(), **overrides):
+def _run(workdir, num_steps, nan_steps=(), eval_fn=None, **overrides):
     config = toy_method.config(num_steps)
     config.update(overrides)
 
@@ -89,7 +89,37 @@ def _run(workdir, num_steps, nan_steps=(), **overrides):
         del host_batch_size
         return toy_method.ControlledIterator(iter(toy_method.dataset(config.batch_size)))
 
-    return train.train_and_evaluate(config, workdir, toy_method.ToyMethod(nan_steps), factory)
+    return train.train_and_evaluate(
+        config, workdir, toy_method.ToyMethod(nan_steps), factory, eval_fn
+    )
+
+
+class _Interrupted(Exception):
+    pass
+
+
+def test_a_run_stopped_during_evaluation_evaluates_on_resume(tmp_path):
+    calls = []
+
+    def eval_fn(model, step, fail_at=None):
+        calls.append((step, float(jnp.sum(model.conv2.kernel[...]))))
+        if step == fail_at:
+            raise _Interrupted
+        return {"score": float(step)}, {}
+
+    # Evaluations at 2 and 4 (the end); the one at 4 is cut short after its checkpoint.
+    with pytest.raises(_Interrupted):
+        _run(tmp_path, 4, eval_fn=lambda m, s: eval_fn(m, s, fail_at=4), eval_every_steps=2)
+    assert [s for s, _ in calls] == [2, 4]
+    assert sorted(p.name for p in (tmp_path / "evaluated").iterdir()) == ["step_2"]
+    interrupted_params = calls[-1][1]
+    calls.clear()
+    _run(tmp_path, 4, eval_fn=eval_fn, eval_every_steps=2)
+    # Only step 4 again, with the checkpointed parameters; no training step ran.
+    assert calls == [(4, interrupted_params)]
+    calls.clear()
+    _run(tmp_path, 4, eval_fn=eval_fn, eval_every_steps=2)
+    assert calls == []
 
 
 def test_nonfinite_loss_skips_the_update(tmp_path):

@@ -495,7 +495,9 @@ def train_and_evaluate(
       data_iterator_factory: per-host batch size -> an iterator of this host's batches (pytrees
         of numpy arrays [B_host, ...]) with `get_state()` / `set_state()`; it is restored to the
         checkpointed position on resume.
-      eval_fn: if given, called every `config.eval_every_steps` and at the end.
+      eval_fn: if given, called every `config.eval_every_steps` and at the end. A finished
+        evaluation leaves `workdir/evaluated/step_<s>`; a run stopped during one (after the
+        step's checkpoint was saved) evaluates that checkpoint when it resumes.
       rounds: instead of `data_iterator_factory` (None then): training in rounds, each with
         the data `rounds.prepare` makes with the model at the round's first step. A resumed
         run prepares the round it is in (reusing what was cached) and restores the iterator's
@@ -567,6 +569,11 @@ def evaluate_checkpoint(
         writer.close()
 
 
+def _evaluated_marker(workdir: pathlib.Path, step: int) -> pathlib.Path:
+    """An empty file that says the evaluation of `step` finished."""
+    return workdir / "evaluated" / f"step_{step}"
+
+
 def _loop(
     config: ml_collections.ConfigDict,
     workdir: pathlib.Path,
@@ -601,6 +608,25 @@ def _loop(
     hooks = summaries.training_hooks(config, workdir, num_steps, writer)
     max_nonfinite = int(config.get("max_consecutive_nonfinite", 0))
     eval_every = int(config.get("eval_every_steps", 0))
+    evaluates = eval_fn is not None and eval_every >= 0
+
+    def evaluate(state: TrainState, step: int) -> None:
+        with hooks[0].timed("eval"):
+            _evaluate(eval_fn, trainer, state, step, writer)
+        if jax.process_index() == 0:
+            marker = _evaluated_marker(workdir, step)
+            marker.parent.mkdir(parents=True, exist_ok=True)
+            marker.touch()
+
+    def is_eval_step(step: int) -> bool:
+        return bool(eval_every and step % eval_every == 0) or step == num_steps
+
+    # The checkpoint of an evaluation step is saved before the evaluation runs: a run stopped
+    # during it (preemption, a kill) evaluates that checkpoint when it resumes.
+    evaluated = _evaluated_marker(workdir, step).exists()
+    if resumed and evaluates and is_eval_step(step) and not evaluated:
+        logging.info("Step %d was not evaluated before the run stopped: evaluating it", step)
+        evaluate(state, step)
     train_metrics = None
     skipped_total = 0  # corrupt videos the data pipeline skipped on this host since (re)start.
     while step < num_steps:
@@ -641,10 +667,8 @@ def _loop(
         # Never checkpoint inside a non-finite streak: the last checkpoint stays a good one.
         if (checkpointer.should_save(step) or step == num_steps or preempted) and streak == 0:
             checkpointer.save(step, state, data_iterator)
-        at_eval_step = (eval_every and step % eval_every == 0) or step == num_steps
-        if eval_fn is not None and eval_every >= 0 and at_eval_step:
-            with hooks[0].timed("eval"):
-                _evaluate(eval_fn, trainer, state, step, writer)
+        if evaluates and is_eval_step(step):
+            evaluate(state, step)
         if preempted:
             logging.warning("Preempted: checkpoint of step %d saved, exiting", step)
             break

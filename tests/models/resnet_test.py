@@ -238,7 +238,9 @@ def test_split_merge_under_jit_matches_eager():
     def pure(state, images):
         return nnx.merge(graphdef, state)(images)["layer4"]
 
-    np.testing.assert_allclose(pure(state, x), eager, rtol=1e-5, atol=1e-5)
+    # Jit fuses and reorders float32 sums over 17 convolutions: errors of order 1e-6 of the
+    # activation scale (up to ~40 here), where a split/merge bug would be of order the scale itself.
+    np.testing.assert_allclose(pure(state, x), eager, rtol=1e-4, atol=1e-5 * np.abs(eager).max())
 
 
 @pytest.mark.parametrize(

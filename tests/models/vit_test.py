@@ -238,8 +238,13 @@ def test_jit_matches_eager():
         return m(x, return_blocks=(2,))
 
     jitted = forward(model, images)
-    np.testing.assert_allclose(jitted["patches"], eager["patches"], rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(jitted["blocks"][2], eager["blocks"][2], rtol=1e-5, atol=1e-5)
+    # Jit reorders float32 sums: tolerances relative to each output's scale, far below the
+    # scale-sized errors a wrong merge or a dropped block would make.
+    for key in ("patches", "cls"):
+        np.testing.assert_allclose(jitted[key], eager[key], rtol=1e-4, atol=_scale_tol(eager[key]))
+    np.testing.assert_allclose(
+        jitted["blocks"][2], eager["blocks"][2], rtol=1e-4, atol=_scale_tol(eager["blocks"][2])
+    )
 
     graphdef, state = nnx.split(model)
 
@@ -247,7 +252,13 @@ def test_jit_matches_eager():
     def pure(state, x):
         return nnx.merge(graphdef, state)(x)["cls"]
 
-    np.testing.assert_allclose(pure(state, images), eager["cls"], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        pure(state, images), eager["cls"], rtol=1e-4, atol=_scale_tol(eager["cls"])
+    )
+
+
+def _scale_tol(reference):
+    return 1e-5 * float(np.abs(np.asarray(reference)).max())
 
 
 def test_drop_path_is_per_sample_and_only_in_training():
