@@ -5,11 +5,15 @@
 #   (b) the same run with the in-generative losses off (MIM and affinity weights 0: the
 #       paper's Table 4 says this is lower);
 #   (c) the same ViT at random initialisation (one step at learning rate 0);
-#   (d) the raw-pixel baseline (configs/propagation/lab_pixels.py, ino preset).
-# (a)-(c): block-7 student features at short side SHORT, the ino propagation preset.
+#   (d) the raw-pixel baseline (configs/propagation/lab_pixels.py, ino preset) on the feature
+#       grid of (a)-(c): Lab patches of the 480p frames at stride 8 x 480 / SHORT.
+# With TABLE4=1, also the other rows of the paper's Table 4 (losses added one by one):
+#   out_g2g (global-to-global class tokens only), no_affinity (out-generative + MIM), and
+#   no_mim (out-generative + affinity; not a row of the paper).
+# (a)-(c) and those: block-7 student features at short side SHORT, the ino propagation preset.
 #
 #   bash experiments/ino_davis2016.sh [WORKDIR]
-#   (env: STEPS BATCH GLOBAL LOCAL NLOCAL MIX WORKERS EMA BASE_LR SHORT CKPT PIXELS)
+#   (env: STEPS BATCH GLOBAL LOCAL NLOCAL MIX WORKERS EMA BASE_LR SHORT CKPT PIXELS TABLE4)
 #
 # The defaults fit a small CPU budget (crops 64 / 32, batch 8); the paper's setting is
 # GLOBAL=224 LOCAL=64 BATCH=32 on a GPU. Numbers, budget and machine go into
@@ -29,6 +33,7 @@ BASE_LR=${BASE_LR:-3e-3}  # peak lr = BASE_LR x BATCH x 4 frames / 1024 (Charade
 SHORT=${SHORT:-480}       # evaluation input short side (paper 480)
 CKPT=${CKPT:-100}
 PIXELS=${PIXELS:-1}       # 0: skip (d), whose number does not depend on training
+TABLE4=${TABLE4:-0}       # 1: also the Table 4 rows out_g2g, no_affinity, no_mim
 DAVIS=${DAVIS:-../shared/data/DAVIS2016}
 export PYTHONPATH=.${PYTHONPATH:+:$PYTHONPATH}
 
@@ -49,6 +54,16 @@ python -m vosjax.main "${common[@]}" --workdir="$W/ino"
 python -m vosjax.main "${common[@]}" --workdir="$W/no_in_generative" \
   --config.loss.mim_weight=0 --config.loss.affinity_weight=0
 
+runs=(ino no_in_generative)
+if [[ "$TABLE4" != 0 ]]; then
+  python -m vosjax.main "${common[@]}" --workdir="$W/out_g2g" --config.loss.local_to_global=False \
+    --config.loss.mim_weight=0 --config.loss.affinity_weight=0
+  python -m vosjax.main "${common[@]}" --workdir="$W/no_affinity" --config.loss.affinity_weight=0
+  python -m vosjax.main "${common[@]}" --workdir="$W/no_mim" --config.loss.mim_weight=0
+  runs+=(out_g2g no_affinity no_mim)
+fi
+runs+=(random_init)
+
 # (c) random initialisation.
 python -m vosjax.main "${common[@]}" --workdir="$W/random_init" \
   --config.num_train_steps=1 --config.optim.lr=0.0 --config.optim.warmup_steps=0
@@ -56,11 +71,12 @@ python -m vosjax.main "${common[@]}" --workdir="$W/random_init" \
 # (d) raw pixels.
 if [[ "$PIXELS" != 0 ]]; then
 python -m vosjax.evaluate --config=configs/propagation/lab_pixels.py:ino \
+  --config.features.stride=$((8 * 480 / SHORT)) \
   --config.data.davis_root="$DAVIS" --config.data.imageset=2016/val --workdir="$W/pixels"
 fi
 
 echo "J&F-Mean,J-Mean,J-Recall,J-Decay,F-Mean,F-Recall,F-Decay"
-for run in ino no_in_generative random_init; do
+for run in "${runs[@]}"; do
   step=$(ls "$W/$run/eval_results" | sort -t_ -k2 -n | tail -1)
   echo "$run ($step): $(sed -n 2p "$W/$run/eval_results/$step/global_results-val.csv")"
 done
