@@ -8,12 +8,14 @@
 #   (d) the raw-pixel baseline (configs/propagation/lab_pixels.py, ino preset) on the feature
 #       grid of (a)-(c): Lab patches of the 480p frames at stride 8 x 480 / SHORT.
 # With TABLE4=1, also the other rows of the paper's Table 4 (losses added one by one):
-#   out_g2g (global-to-global class tokens only), no_affinity (out-generative + MIM), and
-#   no_mim (out-generative + affinity; not a row of the paper).
+#   out_g2g (global-to-global class tokens only), no_affinity (out-generative + MIM),
+#   no_mim (out-generative + affinity; not a row of the paper) and the control masked_input
+#   (no_affinity with the MIM weight 1e-9: the student sees masked crops, the MIM term adds
+#   nothing to the gradient).
 # (a)-(c) and those: block-7 student features at short side SHORT, the ino propagation preset.
 #
 #   bash experiments/ino_davis2016.sh [WORKDIR]
-#   (env: STEPS BATCH GLOBAL LOCAL NLOCAL MIX WORKERS EMA BASE_LR SHORT CKPT PIXELS TABLE4)
+#   (env: STEPS BATCH GLOBAL LOCAL NLOCAL MIX WORKERS EMA BASE_LR SHORT CKPT PIXELS TABLE4 SEED)
 #
 # The defaults fit a small CPU budget (crops 64 / 32, batch 8); the paper's setting is
 # GLOBAL=224 LOCAL=64 BATCH=32 on a GPU. Numbers, budget and machine go into
@@ -33,9 +35,15 @@ BASE_LR=${BASE_LR:-3e-3}  # peak lr = BASE_LR x BATCH x 4 frames / 1024 (Charade
 SHORT=${SHORT:-480}       # evaluation input short side (paper 480)
 CKPT=${CKPT:-100}
 PIXELS=${PIXELS:-1}       # 0: skip (d), whose number does not depend on training
-TABLE4=${TABLE4:-0}       # 1: also the Table 4 rows out_g2g, no_affinity, no_mim
+TABLE4=${TABLE4:-0}       # 1: also the Table 4 rows out_g2g, no_affinity, no_mim, masked_input
+SEED=${SEED:-0}
 DAVIS=${DAVIS:-../shared/data/DAVIS2016}
 export PYTHONPATH=.${PYTHONPATH:+:$PYTHONPATH}
+if [[ "$PIXELS" != 0 ]] && (( 3840 % SHORT )); then
+  echo "ino_davis2016.sh: SHORT=$SHORT: the pixel baseline needs 8 x 480 / SHORT to be an" \
+    "integer stride (e.g. 480, 240, 160); set PIXELS=0 to skip it" >&2
+  exit 1
+fi
 
 common=(
   --config=configs/ino/vits8_davis2016.py
@@ -46,7 +54,7 @@ common=(
   --config.ema.base="$EMA" --config.base_lr="$BASE_LR" --config.eval.short_side="$SHORT"
   --config.num_train_steps="$STEPS" --config.optim.warmup_steps=$((STEPS / 10))
   --config.checkpoint_every_steps="$CKPT" --config.log_every_steps=10
-  --config.eval_every_steps=0
+  --config.eval_every_steps=0 --config.seed="$SEED"
 )
 
 # (a) and (b); the same command resumes after an interruption.
@@ -60,7 +68,9 @@ if [[ "$TABLE4" != 0 ]]; then
     --config.loss.mim_weight=0 --config.loss.affinity_weight=0
   python -m vosjax.main "${common[@]}" --workdir="$W/no_affinity" --config.loss.affinity_weight=0
   python -m vosjax.main "${common[@]}" --workdir="$W/no_mim" --config.loss.mim_weight=0
-  runs+=(out_g2g no_affinity no_mim)
+  python -m vosjax.main "${common[@]}" --workdir="$W/masked_input" --config.loss.mim_weight=1e-9 \
+    --config.loss.affinity_weight=0
+  runs+=(out_g2g no_affinity no_mim masked_input)
 fi
 runs+=(random_init)
 
