@@ -188,6 +188,44 @@ def test_outputs_and_blocks():
     assert not np.allclose(raw, last)
 
 
+def _numpy_attention(x, qkv_w, qkv_b, proj_w, proj_b, heads):
+    """timm's multi-head self-attention written per head with numpy (float64)."""
+    b, n, d = x.shape
+    c = d // heads
+    qkv = x @ qkv_w + qkv_b  # [B, N, 3D]: q | k | v, each head a contiguous slice of c
+    out = np.zeros((b, n, d))
+    for i in range(b):
+        for h in range(heads):
+            q = qkv[i, :, h * c : (h + 1) * c]
+            k = qkv[i, :, d + h * c : d + (h + 1) * c]
+            v = qkv[i, :, 2 * d + h * c : 2 * d + (h + 1) * c]
+            logits = q @ k.T / np.sqrt(c)
+            weights = np.exp(logits - logits.max(-1, keepdims=True))
+            out[i, :, h * c : (h + 1) * c] = (weights / weights.sum(-1, keepdims=True)) @ v
+    return out @ proj_w + proj_b
+
+
+def test_attention_matches_a_per_head_numpy_reference():
+    attention = vit.Attention(32, 4, dtype=jnp.float32, rngs=nnx.Rngs(3))
+    rng = np.random.default_rng(0)
+    # Non-zero biases, so that a bias on the wrong slice of q | k | v shows too.
+    attention.qkv.bias[...] = jnp.asarray(rng.normal(size=96) * 0.5, jnp.float32)
+    attention.proj.bias[...] = jnp.asarray(rng.normal(size=32) * 0.5, jnp.float32)
+    x = rng.normal(size=(2, 11, 32)) * 3.0
+    expected = _numpy_attention(
+        x,
+        np.asarray(attention.qkv.kernel[...], np.float64) * 5.0,
+        np.asarray(attention.qkv.bias[...], np.float64),
+        np.asarray(attention.proj.kernel[...], np.float64),
+        np.asarray(attention.proj.bias[...], np.float64),
+        heads=4,
+    )
+    # Larger weights than the init, so that the attention is far from uniform.
+    attention.qkv.kernel[...] = attention.qkv.kernel[...] * 5.0
+    got = np.asarray(attention(jnp.asarray(x, jnp.float32)))
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+
+
 def test_mask_token_replaces_patch_embeddings():
     model = _tiny(use_mask_token=True)
     images = _images()
