@@ -70,12 +70,29 @@ def test_smoke_trains_evaluates_and_resumes(tmp_path, config):
 
     if "shls" in config:
         return  # restoring a saved step for --mode=eval is the same code for every method
-    # Evaluating a saved step restores it.
+    # Evaluating a saved step restores it; INO's evaluation goes to its own --eval_dir and
+    # leaves the workdir's results and summaries as they were.
+    eval_dir = tmp_path / "eval_elsewhere"
+    before = {p: p.stat().st_mtime_ns for p in workdir.rglob("*") if p.is_file()}
+    extra = [f"--eval_dir={eval_dir}"] if "ino" in config else []
     process = _main(
-        tmp_path, f"--config={config}:smoke", f"--workdir={workdir}", "--mode=eval", "--step=1"
+        tmp_path,
+        f"--config={config}:smoke",
+        f"--workdir={workdir}",
+        "--mode=eval",
+        "--step=1",
+        *extra,
     )
     assert process.returncode == 0, process.stderr[-3000:]
-    assert (workdir / "eval_results" / "step_1" / "results.json").is_file()
+    if not extra:
+        assert (workdir / "eval_results" / "step_1" / "results.json").is_file()
+        return
+    results = json.loads((eval_dir / "step_1" / "results.json").read_text())
+    assert 0.0 <= results["J&F-Mean"] <= 1.0
+    assert list(eval_dir.glob("events.out.tfevents.*"))
+    assert not (workdir / "eval_results" / "step_1").exists()
+    after = {p: p.stat().st_mtime_ns for p in workdir.rglob("*") if p.is_file()}
+    assert after == before
 
 
 def test_missing_data_path_names_the_field(tmp_path):

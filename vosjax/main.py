@@ -2,6 +2,7 @@
 
 python -m vosjax.main --config=configs/maskvos/corr_r18.py --workdir=W
 python -m vosjax.main --config=configs/maskvos/corr_r18.py --workdir=W --mode=eval [--step=N]
+    [--eval_dir=E]   (E: this evaluation's results and summaries, e.g. at another resolution)
 python -m vosjax.main --config=configs/maskvos/r18.py --workdir=W   (clustering rounds inside)
 python -m vosjax.main --config=configs/ino/vits8_davis2016.py --workdir=W
 python -m vosjax.main --config=configs/shls/davis2016_frames.py --workdir=W   (still images)
@@ -22,6 +23,13 @@ _CONFIG = config_flags.DEFINE_config_file("config", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, summaries and results go here.")
 _MODE = flags.DEFINE_enum("mode", "train", ["train", "eval"], "Train (and evaluate), or evaluate.")
 _STEP = flags.DEFINE_integer("step", None, "--mode=eval: the checkpoint step (default: latest).")
+_EVAL_DIR = flags.DEFINE_string(
+    "eval_dir",
+    None,
+    "--mode=eval: the folder for this evaluation's results (step_N/) and summaries (default: "
+    "the workdir's eval_results/ and the workdir), so that evaluating a checkpoint with other "
+    "settings keeps the results already there.",
+)
 
 
 def build_method(config: ml_collections.ConfigDict) -> train.Method:
@@ -147,14 +155,17 @@ def data_rounds(config: ml_collections.ConfigDict, workdir: str) -> train.DataRo
     )
 
 
-def eval_fn(config: ml_collections.ConfigDict, method: train.Method, workdir: str):
-    """J&F on the videos of `config.eval` (the synthetic default when it names no root)."""
+def eval_fn(
+    config: ml_collections.ConfigDict, method: train.Method, results_dir: str | pathlib.Path
+):
+    """J&F on the videos of `config.eval` (the synthetic default when it names no root); the
+    tables (and PNGs) of step N go to `results_dir`/step_N."""
     from vosjax import evaluate
 
     return train.davis_eval_fn(
         method,
         evaluate.load_sequences(config.eval),
-        pathlib.Path(workdir) / "eval_results",
+        pathlib.Path(results_dir),
         write_pngs=config.eval.write_pngs,
         num_overlays=config.eval.num_overlays,
     )
@@ -173,12 +184,22 @@ def main(argv: Sequence[str]) -> None:
             method,
             None if rounds else data_iterator_factory(config, method),
             # -1: train only (no evaluation data needed; evaluate later with --mode=eval).
-            eval_fn(config, method, workdir) if config.eval_every_steps >= 0 else None,
+            eval_fn(config, method, pathlib.Path(workdir) / "eval_results")
+            if config.eval_every_steps >= 0
+            else None,
             rounds=rounds,
         )
     else:
-        evaluate_fn = eval_fn(config, method, workdir)
-        train.evaluate_checkpoint(config, workdir, method, evaluate_fn, _STEP.value)
+        eval_dir = _EVAL_DIR.value
+        results_dir = eval_dir or pathlib.Path(workdir) / "eval_results"
+        train.evaluate_checkpoint(
+            config,
+            workdir,
+            method,
+            eval_fn(config, method, results_dir),
+            _STEP.value,
+            summary_dir=eval_dir,
+        )
 
 
 if __name__ == "__main__":

@@ -541,8 +541,12 @@ def evaluate_checkpoint(
     method: Method,
     eval_fn: EvalFn,
     step: int | None = None,
+    *,
+    summary_dir: str | pathlib.Path | None = None,
 ) -> dict[str, float]:
     """Restores a checkpoint of `workdir` (the latest, or `step`) and evaluates it.
+
+    The evaluation's summaries go to `summary_dir` (default: `workdir`, beside training's).
 
     Returns:
       The evaluation scalars (J&F, ...), also written as summaries at that step.
@@ -562,7 +566,7 @@ def evaluate_checkpoint(
                 f"evaluate; saved steps: {sorted(steps)}"
             )
         state, step = checkpointer.restore(trainer.abstract_state, step)
-    writer = summaries.create_writer(workdir, just_logging=jax.process_index() > 0)
+    writer = summaries.create_writer(summary_dir or workdir, just_logging=jax.process_index() > 0)
     try:
         return _evaluate(eval_fn, trainer, state, step, writer)
     finally:
