@@ -176,6 +176,7 @@ def main(argv: Sequence[str]) -> None:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     config, workdir = _CONFIG.value, _WORKDIR.value
     method = build_method(config)
+    run_results = pathlib.Path(workdir) / "eval_results"
     if _MODE.value == "train":
         rounds = data_rounds(config, workdir)
         train.train_and_evaluate(
@@ -184,19 +185,16 @@ def main(argv: Sequence[str]) -> None:
             method,
             None if rounds else data_iterator_factory(config, method),
             # -1: train only (no evaluation data needed; evaluate later with --mode=eval).
-            eval_fn(config, method, pathlib.Path(workdir) / "eval_results")
-            if config.eval_every_steps >= 0
-            else None,
+            eval_fn(config, method, run_results) if config.eval_every_steps >= 0 else None,
             rounds=rounds,
         )
     else:
         eval_dir = _EVAL_DIR.value
-        results_dir = eval_dir or pathlib.Path(workdir) / "eval_results"
         train.evaluate_checkpoint(
             config,
             workdir,
             method,
-            eval_fn(config, method, results_dir),
+            eval_fn(config, method, eval_dir or run_results),
             _STEP.value,
             summary_dir=eval_dir,
         )

@@ -211,17 +211,17 @@ def test_attention_matches_a_per_head_numpy_reference():
     # Non-zero biases, so that a bias on the wrong slice of q | k | v shows too.
     attention.qkv.bias[...] = jnp.asarray(rng.normal(size=96) * 0.5, jnp.float32)
     attention.proj.bias[...] = jnp.asarray(rng.normal(size=32) * 0.5, jnp.float32)
+    # Larger weights than the init, so that the attention is far from uniform.
+    attention.qkv.kernel[...] = attention.qkv.kernel[...] * 5.0
     x = rng.normal(size=(2, 11, 32)) * 3.0
     expected = _numpy_attention(
         x,
-        np.asarray(attention.qkv.kernel[...], np.float64) * 5.0,
+        np.asarray(attention.qkv.kernel[...], np.float64),
         np.asarray(attention.qkv.bias[...], np.float64),
         np.asarray(attention.proj.kernel[...], np.float64),
         np.asarray(attention.proj.bias[...], np.float64),
         heads=4,
     )
-    # Larger weights than the init, so that the attention is far from uniform.
-    attention.qkv.kernel[...] = attention.qkv.kernel[...] * 5.0
     got = np.asarray(attention(jnp.asarray(x, jnp.float32)))
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
 
