@@ -112,13 +112,15 @@ def train_variant(variant: str, out: pathlib.Path, weights: pathlib.Path) -> Non
         batch = sharding.shard_batch(next(iterator), trainer.mesh)
         state, metrics = trainer.train_step(state, batch, trainer.train_rng)
         step += 1
-        if step % 50 == 0 or step == config.num_train_steps:
+        # Checked every step: a slow input pipeline must not carry the loop past the limit.
+        out_of_time = time.perf_counter() - start > 60 * _MINUTES.value
+        if step % 50 == 0 or step == steps or out_of_time:
             values = {k: float(v) for k, v in metrics.compute().items()}
             elapsed = time.perf_counter() - start
             log.append({"step": step, "seconds": elapsed, **values})
             print(variant, step, f"{elapsed:.0f}s", {k: round(v, 3) for k, v in values.items()})
-            if elapsed > 60 * _MINUTES.value:
-                break
+        if out_of_time:
+            break
     model = trainer.model(state)
     params = flat_params(model.student, config.eval.block)
     shards = npz_shards.write_shards(params, weights, variant, step, "bfloat16")
