@@ -7,7 +7,7 @@ whole, 11.7 MiB at every 4th). Frames keep their names; the loaders sort them, s
 frames read as a video at 1 / train_every of the frame rate: a clip sampler's `frame_gap` of
 g / train_every spans what g spanned in the whole video (the INO config's 8 becomes 2).
 
-  PYTHONPATH=. python experiments/davis_carry.py --out=.davis/DAVIS2016 --train_every=4
+  PYTHONPATH=. python experiments/davis_carry.py --out=.davis/DAVIS2016_every4 --train_every=4
 """
 
 from __future__ import annotations

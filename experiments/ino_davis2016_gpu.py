@@ -8,7 +8,7 @@ TensorFlow (so no summaries) and takes at most 64 MiB of files along with the ch
   # config's 8 at the full frame rate; the 480p val frames as they are). Only <variant>.json
   # (losses, steps, J&F per object) goes to --out; the weights stay in --weights.
   PYTHONPATH=. python experiments/ino_davis2016_gpu.py --stage=all --out=OUT \
-      --weights=/tmp/ino_weights --davis=.davis/DAVIS2016 --frame_gap=2 --minutes=2 \
+      --weights=/tmp/ino_weights --davis=.davis/DAVIS2016_every4 --frame_gap=2 --minutes=1.5 \
       --variants=ino,no_in_generative,random_init
   # Or split: on the GPU, train each variant for --steps steps (or until --minutes run out) and
   # save the student's patch embedding, blocks 1..7 and final norm (all that block-7 features
