@@ -3,6 +3,9 @@
 The tests run tiny shapes, so compiling dominates their time: XLA's CPU backend optimises less
 (`--xla_backend_optimization_level=0`, unless XLA_FLAGS already sets it), which takes about a
 third off the suite on 2 cores. The flag changes code generation, not the arithmetic.
+
+The compiled steps are kept in JAX's persistent compilation cache: on CPU-2 the suite took
+19:10 without it, 17:53 starting from an empty cache and 12:59 from a filled one.
 """
 
 import os
@@ -13,6 +16,15 @@ if "xla_backend_optimization_level" not in _flags:
     _flags += " --xla_backend_optimization_level=0"
 os.environ["XLA_FLAGS"] = (_flags + " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# Many tests compile the same steps (a run and its resume, the smoke configs): JAX's persistent
+# compilation cache shares them between tests, the xdist workers, their subprocesses and later
+# runs. A cached executable is the one the compiler would build, so results do not change.
+os.environ.setdefault(
+    "JAX_COMPILATION_CACHE_DIR",
+    str(pathlib.Path.home() / ".cache" / "vosjax" / "jax_compilation_cache_tests"),
+)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
+os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(2 * 1024**3))  # bytes, LRU-evicted
 
 import pytest  # noqa: E402
 
