@@ -19,9 +19,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 # Many tests compile the same steps (a run and its resume, the smoke configs): JAX's persistent
 # compilation cache shares them between tests, the xdist workers, their subprocesses and later
 # runs. A cached executable is the one the compiler would build, so results do not change.
+# It lives in vosjax's cache root (`VOSJAX_DATA_DIR` moves it); that import loads no JAX.
+from vosjax.data.synthetic import export  # noqa: E402
+
 os.environ.setdefault(
-    "JAX_COMPILATION_CACHE_DIR",
-    str(pathlib.Path.home() / ".cache" / "vosjax" / "jax_compilation_cache_tests"),
+    "JAX_COMPILATION_CACHE_DIR", str(export.cache_root() / "jax_compilation_cache_tests")
 )
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(2 * 1024**3))  # bytes, LRU-evicted
