@@ -91,9 +91,11 @@ def test_single_layer_is_one_linear():
     assert tuple(module.mlp[0].kernel.shape) == (IN_DIM, 6)
 
 
-def test_norm_last_layer_has_no_g_and_ignores_column_scale():
+def test_norm_last_layer_has_fixed_g_and_ignores_column_scale():
     module = _head(norm_last_layer=True)
-    assert module.g is None
+    # g is kept (an imported weight_g is honoured) but is not a parameter: no gradient, no EMA.
+    assert isinstance(module.g, head.FixedScale) and not isinstance(module.g, nnx.Param)
+    np.testing.assert_array_equal(_np(module.g), 1.0)
     params = nnx.state(module, nnx.Param)
     names = {str(k) for path, _ in nnx.to_flat_state(params) for k in path}
     assert "g" not in names and "v" in names

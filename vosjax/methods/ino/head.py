@@ -4,8 +4,10 @@ One head is shared by the class token and the patch tokens (iBOT style) of both 
 the EMA teacher. As DINO's head without batch norm: `num_layers` linear layers
 (in -> hidden -> ... -> hidden -> bottleneck) with exact GELU between them, an L2 normalisation
 of the bottleneck, then a bias-free linear bottleneck -> out_dim whose weight is weight-normalised
-per output column (w_j = g_j * v_j / ||v_j||). With `norm_last_layer` g is fixed at 1 and is not a
-parameter, so the output layer's columns are unit vectors and the outputs are cosines.
+per output column (w_j = g_j * v_j / ||v_j||). With `norm_last_layer` g is not trained: it is a
+`FixedScale` variable, ones at initialisation (the output layer's columns are then unit vectors and
+the outputs cosines), which an imported checkpoint may set (torch keeps `weight_g` in the
+state_dict and uses it in the forward pass even when it is frozen).
 """
 
 from __future__ import annotations
@@ -26,6 +28,10 @@ def l2_normalize(x: jax.Array, axis: int = -1) -> jax.Array:
     return x / jnp.maximum(norm, NORMALIZE_EPSILON)
 
 
+class FixedScale(nnx.Variable):
+    """A weight that is used but never trained (the frozen `weight_g` of `norm_last_layer`)."""
+
+
 class ProjectionHead(nnx.Module):
     """DINO / iBOT head for tokens [..., in_dim] -> [..., out_dim], as INO uses it.
 
@@ -33,8 +39,9 @@ class ProjectionHead(nnx.Module):
       mlp  list of `num_layers` nnx.Linear (kernel truncated normal std 0.02, bias 0);
       v    Param [bottleneck_dim, out_dim], the direction of each output column (torch's
            `last_layer.weight_v`, transposed);
-      g    Param [out_dim], each column's length (torch's `last_layer.weight_g`), ones at init;
-           None with `norm_last_layer`, where the length is fixed at 1 and never trained.
+      g    [out_dim], each column's length (torch's `last_layer.weight_g`), ones at init: an
+           nnx.Param, or a `FixedScale` (no gradient, no optimiser, no EMA) with
+           `norm_last_layer`.
     """
 
     def __init__(
@@ -57,7 +64,7 @@ class ProjectionHead(nnx.Module):
           bottleneck_dim: width of the normalised bottleneck (256).
           out_dim: number of output prototypes K (INO: 4096).
           num_layers: linear layers in the MLP, >= 1; 1 is a single Linear in_dim -> bottleneck.
-          norm_last_layer: fix the output columns' lengths g at 1 (not a parameter).
+          norm_last_layer: do not train the output columns' lengths g (ones unless imported).
           dtype: compute dtype of the MLP and the output matmul (e.g. jnp.bfloat16); parameters
             stay float32 and the normalisations run in float32.
           rngs: initialisation randomness.
@@ -87,7 +94,8 @@ class ProjectionHead(nnx.Module):
             ]
         )
         self.v = nnx.Param(trunc(rngs.params(), (bottleneck_dim, out_dim)))
-        self.g = None if norm_last_layer else nnx.Param(jnp.ones((out_dim,), jnp.float32))
+        ones = jnp.ones((out_dim,), jnp.float32)
+        self.g = FixedScale(ones) if norm_last_layer else nnx.Param(ones)
 
     def bottleneck(self, x: jax.Array) -> jax.Array:
         """The L2-normalised bottleneck features.
@@ -115,10 +123,7 @@ class ProjectionHead(nnx.Module):
 
     def output_weight(self) -> jax.Array:
         """The weight-normalised output weight W [bottleneck_dim, out_dim], float32."""
-        w = l2_normalize(self.v[...], axis=0)
-        if self.g is not None:
-            w = w * self.g[...][None, :]
-        return w
+        return l2_normalize(self.v[...], axis=0) * self.g[...][None, :]
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """Projects tokens to prototype scores.
