@@ -68,7 +68,11 @@ def bicubic_matrix(in_size: int, out_size: int, offset: float = 0.0) -> np.ndarr
 
 
 def interpolate_pos_embed(
-    pos_embed: jax.Array, grid: tuple[int, int], offset: float = DINO_INTERPOLATE_OFFSET
+    pos_embed: jax.Array,
+    grid: tuple[int, int],
+    offset: float = DINO_INTERPOLATE_OFFSET,
+    *,
+    square_input: bool = True,
 ) -> jax.Array:
     """Resizes learned position embeddings to a patch grid (DINO's interpolate_pos_encoding).
 
@@ -76,9 +80,14 @@ def interpolate_pos_embed(
       pos_embed: [1 + n0 * n0, D]: the class token's embedding, then a square n0 x n0 grid.
       grid: (h, w), the patch grid of the input.
       offset: see `bicubic_matrix`; DINO's 0.1 by default.
+      square_input: whether the input image (in pixels, before flooring to the patch grid) is
+        square. DINO / INO skip the interpolation only when the number of patches is n0 * n0
+        AND the image is square; an n0 x n0 grid of a non-square image (e.g. 64 x 70 at patch 8)
+        is still resampled with the (n0 + offset) / n0 scale, which is not the identity.
 
     Returns:
-      [1 + h * w, D] in the dtype of pos_embed; pos_embed itself when (h, w) == (n0, n0).
+      [1 + h * w, D] in the dtype of pos_embed; pos_embed itself when (h, w) == (n0, n0) and
+      the input is square.
 
     Raises:
       ValueError: if pos_embed does not hold a square grid.
@@ -88,7 +97,7 @@ def interpolate_pos_embed(
     if n0 * n0 != n_tokens - 1:
         raise ValueError(f"pos_embed of shape {pos_embed.shape}; expected [1 + n * n, D]")
     h, w = grid
-    if (h, w) == (n0, n0):
+    if (h, w) == (n0, n0) and square_input:
         return pos_embed
     rows = jnp.asarray(bicubic_matrix(n0, h, offset), jnp.float32)
     cols = jnp.asarray(bicubic_matrix(n0, w, offset), jnp.float32)
@@ -305,6 +314,31 @@ class VisionTransformer(nnx.Module):
         token = self.mask_token[...].astype(x.dtype).reshape(1, 1, 1, -1)
         return jnp.where(masks[..., None], token, x)
 
+    def prepare_tokens(self, images: jax.Array, masks: jax.Array | None = None) -> jax.Array:
+        """The input of the first block (DINO / INO's `prepare_tokens`).
+
+        The class token, then the patch embeddings row-major (the mask token where `masks` is
+        True: it replaces the embedding BEFORE the position embedding is added), plus the
+        position embedding interpolated to the patch grid.
+
+        Args:
+          images: [B, H, W, C] normalised float images.
+          masks: optional bool [B, h, w] of patches to replace by the mask token.
+
+        Returns:
+          [B, 1 + h * w, D].
+        """
+        x = self.embed_patches(images, masks)
+        b, h, w, d = x.shape
+        pos = interpolate_pos_embed(
+            self.pos_embed[...],
+            (h, w),
+            self.interpolate_offset,
+            square_input=images.shape[1] == images.shape[2],
+        )
+        cls = jnp.broadcast_to(self.cls_token[...].astype(x.dtype), (b, 1, d))
+        return jnp.concatenate([cls, x.reshape(b, h * w, d)], axis=1) + pos.astype(x.dtype)[None]
+
     def __call__(
         self,
         images: jax.Array,
@@ -338,11 +372,9 @@ class VisionTransformer(nnx.Module):
         bad = sorted(i for i in wanted if not 1 <= i <= self.depth)
         if bad:
             raise ValueError(f"vit return_blocks {bad} outside 1..{self.depth}")
-        x = self.embed_patches(images, masks)
-        b, h, w, d = x.shape
-        pos = interpolate_pos_embed(self.pos_embed[...], (h, w), self.interpolate_offset)
-        cls = jnp.broadcast_to(self.cls_token[...].astype(x.dtype), (b, 1, d))
-        x = jnp.concatenate([cls, x.reshape(b, h * w, d)], axis=1) + pos.astype(x.dtype)[None]
+        x = self.prepare_tokens(images, masks)
+        b, _, d = x.shape
+        h, w = images.shape[1] // self.patch_size, images.shape[2] // self.patch_size
         blocks = {}
         for i, block in enumerate(self.blocks, start=1):
             block_key = None if key is None else jax.random.fold_in(key, i)

@@ -26,6 +26,23 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+# torch.nn.functional.normalize's eps (on the norm), as the released affinity loss uses it.
+NORMALIZE_EPSILON = 1e-12
+# How the teacher centres move (`config.loss.center_update`):
+#   'per_call'  the released code: every DINOLoss call centres with the current centre, then
+#               updates it from the teacher outputs that call saw (the class centre once per frame
+#               pair, from the pair's global crops; the patch centre once per frame that has
+#               masked tokens, from the teacher's outputs at those tokens);
+#   'per_step'  one update per step, after the losses, from all the teacher's class (patch)
+#               outputs of the batch (DINO's / iBOT's single-call form).
+CENTER_UPDATES = ("per_call", "per_step")
+# How the MIM cross entropies are averaged (`config.loss.mim_average`):
+#   'frame'  the released code: per frame index, the mean over the masked tokens of the whole
+#            batch, then the mean over the frames that have masked tokens;
+#   'image'  per image (clip x frame) the mean over its masked tokens, then the mean over the
+#            images (an image without masked tokens counts as 0).
+MIM_AVERAGES = ("frame", "image")
+
 # A logit that loses every softmax but stays finite, so excluded columns give no NaN (inf - inf)
 # and their zeroed probabilities times this log-probability are exactly 0.
 _NEG = -1e9
@@ -43,9 +60,9 @@ def _check_ndim(name: str, x: jax.Array, ndim: int, axes: str) -> None:
 
 
 def _l2_normalize(x: jax.Array, axis: int = -1) -> jax.Array:
-    # x / max(||x||, 1e-6), written so that a zero vector has a finite gradient.
+    # F.normalize: x / max(||x||, 1e-12), written so that a zero vector has a finite gradient.
     sq_norm = jnp.sum(jnp.square(x), axis=axis, keepdims=True)
-    return x * jax.lax.rsqrt(jnp.maximum(sq_norm, 1e-12))
+    return x * jax.lax.rsqrt(jnp.maximum(sq_norm, NORMALIZE_EPSILON**2))
 
 
 def cross_entropy(
@@ -327,3 +344,179 @@ def affinity_loss(
     n_rows = jnp.maximum(jnp.sum(rows, axis=-1), 1.0)  # [B, 1]
     per_pair = jnp.sum(ce * rows, axis=-1) / n_rows  # [B, T-1]
     return jnp.mean(per_pair)
+
+
+def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"{name}={value!r}; expected one of {choices}")
+
+
+def out_generative_frame_pairs(
+    teacher_cls: jax.Array,
+    student_cls: jax.Array,
+    student_local: jax.Array | None,
+    center: jax.Array,
+    *,
+    teacher_temp: float = 0.04,
+    student_temp: float = 0.1,
+    center_momentum: float = 0.9,
+    global_to_global: bool = True,
+    local_to_global: bool = True,
+    center_update: str = "per_call",
+) -> tuple[jax.Array, jax.Array]:
+    """The out-generative loss of a clip batch: frames paired (n, n + T/2), mean over the pairs.
+
+    Each pair is one `out_generative_loss` call (the released `calc_cross_frame_dino`: one
+    DINOLoss call per pair, the two frames' global crops as the 2 teacher / student global views
+    and the local crops of both frames as the local views).
+
+    Args:
+      teacher_cls: teacher class-token head outputs [B, T, K] of each frame's global crop.
+      student_cls: student class-token head outputs [B, T, K] (masked global crops).
+      student_local: student class-token head outputs [B, T, M, K] of the local crops, or None.
+      center: the class centre [K] before the step.
+      teacher_temp: teacher temperature.
+      student_temp: student temperature.
+      center_momentum: weight of the old centre in each update.
+      global_to_global: include the global-to-global terms.
+      local_to_global: include the local-to-global terms.
+      center_update: 'per_call' (the released code: pair p is centred with the centre after the
+        updates of pairs 0..p-1, each update from the pair's 2 x B teacher outputs) or
+        'per_step' (every pair centred with `center`, one update from all B x T outputs).
+
+    Returns:
+      (float32 scalar loss, the new centre [K]).
+
+    Raises:
+      ValueError: on a bad shape, an odd T or an unknown `center_update`.
+    """
+    _check_choice("center_update", center_update, CENTER_UPDATES)
+    _check_ndim("teacher_cls", teacher_cls, 3, "[B, T, K]")
+    b, t, k = teacher_cls.shape
+    if t < 2 or t % 2:
+        raise ValueError(f"teacher_cls needs an even number T >= 2 of frames, got T = {t}")
+    if student_cls.shape != teacher_cls.shape:
+        raise ValueError(
+            f"student_cls must be [B, T, K] = {(b, t, k)} like teacher_cls, got "
+            f"{tuple(student_cls.shape)}"
+        )
+    if student_local is not None:
+        _check_ndim("student_local", student_local, 4, "[B, T, M, K]")
+        if student_local.shape[:2] != (b, t) or student_local.shape[3] != k:
+            raise ValueError(
+                f"student_local must be [B, T, M, K] with B, T, K = {(b, t, k)}, got "
+                f"{tuple(student_local.shape)}"
+            )
+    half = t // 2
+    total = jnp.zeros((), jnp.float32)
+    current = center.astype(jnp.float32)
+    for n in range(half):
+        frames = np.array([n, n + half])
+        local = None
+        if student_local is not None:
+            local = student_local[:, frames].reshape(b, 2 * student_local.shape[2], k)
+        total += out_generative_loss(
+            teacher_cls[:, frames],
+            student_cls[:, frames],
+            local,
+            current,
+            teacher_temp=teacher_temp,
+            student_temp=student_temp,
+            global_to_global=global_to_global,
+            local_to_global=local_to_global,
+        )
+        if center_update == "per_call":
+            current = update_center(current, teacher_cls[:, frames], center_momentum)
+    if center_update == "per_step":
+        current = update_center(current, teacher_cls, center_momentum)
+    return total / half, current
+
+
+def _frame_masks(mask: jax.Array, b: int, t: int, n: int) -> jax.Array:
+    """[N] | [B, N] | [B, T, N] -> bool [B, T, N]."""
+    if mask.shape == (b, n):
+        mask = mask[:, None]
+    elif mask.shape not in ((n,), (b, t, n)):
+        raise ValueError(
+            f"mask must be [N] = {(n,)}, [B, N] = {(b, n)} or [B, T, N] = {(b, t, n)}, got "
+            f"{tuple(mask.shape)}"
+        )
+    return jnp.broadcast_to(mask.astype(bool), (b, t, n))
+
+
+def mim_loss_frames(
+    teacher_patches: jax.Array,
+    student_patches: jax.Array,
+    mask: jax.Array,
+    center: jax.Array,
+    *,
+    teacher_temp: float = 0.04,
+    student_temp: float = 0.1,
+    center_momentum: float = 0.9,
+    average: str = "frame",
+    center_update: str = "per_call",
+) -> tuple[jax.Array, jax.Array]:
+    """In-generative MIM loss (Eq. 3) of a clip batch, with its patch-centre update.
+
+    Args:
+      teacher_patches: teacher patch-token head outputs [B, T, N, K] (unmasked crops).
+      student_patches: student patch-token head outputs [B, T, N, K] (masked crops).
+      mask: bool [N], [B, N] (one per clip, shared by its frames) or [B, T, N]; True where the
+        student's token was masked.
+      center: the patch centre [K] before the step.
+      teacher_temp: teacher temperature.
+      student_temp: student temperature.
+      center_momentum: weight of the old centre in each update.
+      average: 'frame' (the released `calc_mim_loss`: one cross-entropy term per frame index
+        over the masked tokens of all clips, then the mean over the frames with masked tokens)
+        or 'image' (see `mim_loss`).
+      center_update: 'per_call' (the released code: frame t is centred with the centre after
+        the updates of frames 0..t-1, each from the teacher's outputs at that frame's masked
+        tokens; a frame without masked tokens neither adds a term nor updates) or 'per_step'
+        (every frame centred with `center`, one update from all the teacher's patch outputs).
+
+    Returns:
+      (float32 scalar loss, exactly 0 when nothing is masked; the new centre [K]).
+
+    Raises:
+      ValueError: on a bad shape or an unknown choice.
+    """
+    _check_choice("center_update", center_update, CENTER_UPDATES)
+    _check_choice("average", average, MIM_AVERAGES)
+    _check_ndim("teacher_patches", teacher_patches, 4, "[B, T, N, K]")
+    b, t, n, k = teacher_patches.shape
+    if student_patches.shape != teacher_patches.shape:
+        raise ValueError(
+            f"student_patches must be [B, T, N, K] = {(b, t, n, k)} like teacher_patches, got "
+            f"{tuple(student_patches.shape)}"
+        )
+    if center.shape != (k,):
+        raise ValueError(f"center must be [K] = {(k,)}, got {tuple(center.shape)}")
+    weights = _frame_masks(mask, b, t, n).astype(jnp.float32)  # [B, T, N]
+    current = center.astype(jnp.float32)
+    per_frame, has_mask = [], []
+    for f in range(t):
+        w = weights[:, f]  # [B, N]
+        count = jnp.sum(w)
+        q = teacher_probs(teacher_patches[:, f], current, teacher_temp)
+        ce = cross_entropy(q, student_patches[:, f], student_temp)  # [B, N]
+        if average == "frame":
+            per_frame.append(jnp.sum(ce * w) / jnp.maximum(count, 1.0))
+        else:
+            per_image = jnp.sum(ce * w, axis=1) / jnp.maximum(jnp.sum(w, axis=1), 1.0)
+            per_frame.append(jnp.mean(per_image))
+        has_mask.append(count > 0)
+        if center_update == "per_call":
+            teacher = jax.lax.stop_gradient(teacher_patches[:, f].astype(jnp.float32))
+            masked_mean = jnp.sum(w[..., None] * teacher, axis=(0, 1)) / jnp.maximum(count, 1.0)
+            updated = current * center_momentum + (1.0 - center_momentum) * masked_mean
+            current = jnp.where(count > 0, updated, current)
+    per_frame = jnp.stack(per_frame)
+    if average == "frame":
+        used = jnp.stack(has_mask).astype(jnp.float32)
+        loss = jnp.sum(per_frame * used) / jnp.maximum(jnp.sum(used), 1.0)
+    else:
+        loss = jnp.mean(per_frame)
+    if center_update == "per_step":
+        current = update_center(current, teacher_patches, center_momentum)
+    return loss, jax.lax.stop_gradient(current)
