@@ -15,6 +15,11 @@ with probability 0.5 over U(0.1, 0.5) of the patches, block-wise; EMA teacher 0.
 gradient clipping 3.0, bf16. Inference: block 7 of the student, short side 480, the 'ino'
 propagation preset.
 
+Released-code details the paper leaves open (defaults; see vosjax/methods/ino/losses.py):
+--config.loss.center_update ('per_call': each DINOLoss call centres, then moves its centre, as
+main_VOS does; 'per_step': one update per step from all teacher outputs), --config.loss.mim_average
+('frame': one MIM term per frame over the batch's masked tokens; 'image': per-image means).
+
 Ablation switches (the paper's Table 4): --config.loss.global_to_global, local_to_global (bools),
 --config.loss.out_weight / mim_weight / affinity_weight (0 switches a term off),
 --config.data.num_local (M), --config.data.global_scale / local_scale, --config.eval.block.
@@ -85,6 +90,11 @@ def get_config(
             "student_temp": 0.1,
             "affinity_teacher_temp": 0.04,
             "affinity_student_temp": 0.1,
+            # The released code's DINOLoss calls (losses.CENTER_UPDATES): the class centre moves
+            # after each frame pair, the patch centre after each frame's masked-token MIM term.
+            "center_update": "per_call",
+            # Released calc_mim_loss: per frame, the mean over the batch's masked tokens.
+            "mim_average": "frame",
         }
     )
     config.mim = ml_collections.ConfigDict(

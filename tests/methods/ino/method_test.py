@@ -102,9 +102,12 @@ def test_one_sharded_step_sums_the_terms_and_moves_the_teacher():
     assert np.abs(_pure(new_state.model_state)["center_cls"]).max() > 0
 
 
-def test_loss_pairs_frames_n_and_n_plus_half_and_masks_the_student():
+@pytest.mark.parametrize("center_update", ["per_call", "per_step"])
+def test_loss_pairs_frames_n_and_n_plus_half_and_masks_the_student(center_update):
     config = _config(clip_len=4)
     config.mim.prob = 1.0  # always mask
+    config.loss.center_update = center_update
+    config.loss.mim_average = "frame" if center_update == "per_call" else "image"
     ino = method.INO(config)
     model = ino.build_model(config, nnx.Rngs(0))
     batch = {k: jnp.asarray(v) for k, v in _batch(config, seed=3).items()}
@@ -129,28 +132,58 @@ def test_loss_pairs_frames_n_and_n_plus_half_and_masks_the_student():
         key=jax.random.fold_in(drop, 1), with_patches=False,
     )["cls"].reshape(b, t, 2, -1)  # fmt: skip
     s_cls, t_cls = student["cls"].reshape(b, t, -1), teacher["cls"].reshape(b, t, -1)
+    t_cls_np = np.asarray(t_cls, np.float64)
+    # per_call: pair (1, 3) is centred with the centre already moved by pair (0, 2).
+    centers = [center_cls]
+    if center_update == "per_call":
+        centers.append(0.9 * center_cls + 0.1 * t_cls_np[:, [0, 2]].mean((0, 1)))
+        final_cls = 0.9 * centers[1] + 0.1 * t_cls_np[:, [1, 3]].mean((0, 1))
+    else:
+        centers.append(center_cls)
+        final_cls = 0.1 * t_cls_np.mean((0, 1))
     out = np.mean(
         [
             losses.out_generative_loss(
                 t_cls[:, [n, n + 2]],
                 s_cls[:, [n, n + 2]],
                 local[:, [n, n + 2]].reshape(b, 4, -1),
-                center_cls,
+                jnp.asarray(centers[n], jnp.float32),
             )
             for n in (0, 1)
         ]
     )
     np.testing.assert_allclose(aux["out_loss"], out, rtol=1e-4)
-    mim = losses.mim_loss(
-        teacher["patches"], student["patches"], jnp.repeat(masks, t, 0).reshape(b * t, 16),
-        np.zeros(64),
-    )  # fmt: skip
+    t_hw = np.asarray(teacher["patches"]).reshape(b, t, 16, -1)
+    s_hw = np.asarray(student["patches"]).reshape(b, t, 16, -1)
+    w = np.asarray(masks).reshape(b, 16).astype(np.float64)
+    if center_update == "per_call":
+        # One term per frame over the masked tokens of every clip, each frame centred with the
+        # centre moved by the earlier frames' masked teacher tokens.
+        c, terms = np.zeros(64), []
+        for f in range(t):
+            q = losses.teacher_probs(jnp.asarray(t_hw[:, f]), jnp.asarray(c, jnp.float32), 0.04)
+            ce = np.asarray(losses.cross_entropy(q, jnp.asarray(s_hw[:, f]), 0.1))
+            terms.append((ce * w).sum() / w.sum())
+            c = 0.9 * c + 0.1 * (w[..., None] * t_hw[:, f]).sum((0, 1)) / w.sum()
+        mim, final_patch = np.mean(terms), c
+    else:
+        mim = losses.mim_loss(
+            teacher["patches"], student["patches"], jnp.repeat(masks, t, 0).reshape(b * t, 16),
+            np.zeros(64),
+        )  # fmt: skip
+        final_patch = 0.1 * np.asarray(teacher["patches"], np.float64).mean((0, 1))
     np.testing.assert_allclose(aux["mim_loss"], mim, rtol=1e-4)
     np.testing.assert_allclose(loss, out + mim + aux["affinity_loss"], rtol=1e-5)
-    # Centring: 0.9 * 0 + 0.1 * the mean teacher class output.
-    np.testing.assert_allclose(
-        model.center_cls[...], 0.1 * np.mean(np.asarray(teacher["cls"]), 0), atol=1e-6
-    )
+    np.testing.assert_allclose(model.center_cls[...], final_cls, atol=1e-6)
+    np.testing.assert_allclose(model.center_patch[...], final_patch, atol=1e-6)
+
+
+def test_bad_center_update_or_mim_average_is_named():
+    for field, value in (("center_update", "per_pair"), ("mim_average", "clip")):
+        config = _config(clip_len=4)
+        config.loss[field] = value
+        with pytest.raises(ValueError, match=f"config.loss.{field}='{value}'"):
+            method.INO(config)
 
 
 def test_no_mask_means_no_in_generative_loss_and_switches_drop_terms():

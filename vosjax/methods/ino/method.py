@@ -11,7 +11,10 @@ Per clip of L frames (one global crop G x G and M local crops of every frame, `I
   frames (tau_t 0.04, tau_s 0.1);
 loss = out_weight (g2g + l2g) + mim_weight MIM + affinity_weight affinity (1 : 1 : 1). The teacher
 is the EMA of the student (cosine momentum 0.996 -> 1, `after_update`), the teacher's outputs
-are centred (momentum 0.9; the mean over the global batch, which under jit is the all-reduce).
+are centred (momentum 0.9; means over the global batch, which under jit is the all-reduce). As in
+the released main_VOS (`config.loss.center_update='per_call'`), the class centre moves after each
+frame pair's loss and the patch centre after each frame's MIM term (from the masked tokens), so
+later pairs / frames of the same step are centred with the updated centre.
 
 Batch (`INOCrops` through the grain pipeline, B clips):
   'global'  uint8 [B, L, G, G, 3]      one global crop per frame;
@@ -108,6 +111,16 @@ class INO:
             )
         if cfg.local_to_global and config.data.num_local < 1:
             raise ValueError("config.loss.local_to_global needs config.data.num_local >= 1")
+        if cfg.center_update not in losses.CENTER_UPDATES:
+            raise ValueError(
+                f"config.loss.center_update={cfg.center_update!r}; expected one of "
+                f"{losses.CENTER_UPDATES}"
+            )
+        if cfg.mim_average not in losses.MIM_AVERAGES:
+            raise ValueError(
+                f"config.loss.mim_average={cfg.mim_average!r}; expected one of "
+                f"{losses.MIM_AVERAGES}"
+            )
         if config.eval.features not in FEATURE_SOURCES:
             raise ValueError(
                 f"config.eval.features={config.eval.features!r}; expected one of {FEATURE_SOURCES}"
@@ -169,8 +182,6 @@ class INO:
         t_cls = teacher["cls"].reshape(b, t, -1)
 
         terms = {}
-        half = t // 2
-        pairs = np.stack([np.arange(half), np.arange(half) + half], axis=1)  # [P, 2]
         local = None
         if cfg.out_weight and cfg.local_to_global:
             crops = batch["local"]
@@ -181,28 +192,34 @@ class INO:
                 model.student, model.student_head, local_images, train=True,
                 key=jax.random.fold_in(drop_key, 1), with_patches=False,
             )["cls"].reshape(b, t, m, -1)  # fmt: skip
-            # [B, P, 2 M, K]: the local crops of both frames of each pair, folded with B.
-            local = local[:, pairs].reshape(b * len(pairs), 2 * m, -1)
+        per_call = cfg.center_update == "per_call"
+        momentum = self.config.center_momentum
+        center_cls = model.center_cls[...]
+        center_patch = model.center_patch[...]
         if cfg.out_weight:
-            terms["out_loss"] = losses.out_generative_loss(
-                t_cls[:, pairs].reshape(b * len(pairs), 2, -1),
-                s_cls[:, pairs].reshape(b * len(pairs), 2, -1),
+            terms["out_loss"], center_cls = losses.out_generative_frame_pairs(
+                t_cls,
+                s_cls,
                 local,
-                model.center_cls[...],
+                center_cls,
                 teacher_temp=cfg.teacher_temp,
                 student_temp=cfg.student_temp,
+                center_momentum=momentum,
                 global_to_global=cfg.global_to_global,
                 local_to_global=cfg.local_to_global,
+                center_update=cfg.center_update,
             )
-        flat_masks = frame_masks.reshape(b * t, n)
         if cfg.mim_weight:
-            terms["mim_loss"] = losses.mim_loss(
-                teacher["patches"],
-                student["patches"],
-                flat_masks,
-                model.center_patch[...],
+            terms["mim_loss"], center_patch = losses.mim_loss_frames(
+                teacher["patches"].reshape(b, t, n, -1),
+                student["patches"].reshape(b, t, n, -1),
+                masks.reshape(b, n),
+                center_patch,
                 teacher_temp=cfg.teacher_temp,
                 student_temp=cfg.student_temp,
+                center_momentum=momentum,
+                average=cfg.mim_average,
+                center_update=cfg.center_update,
             )
         if cfg.affinity_weight:
             terms["affinity_loss"] = losses.affinity_loss(
@@ -218,12 +235,16 @@ class INO:
             "affinity_loss": cfg.affinity_weight,
         }
         loss = sum(weights[name] * value for name, value in terms.items())
-        model.center_cls[...] = losses.update_center(
-            model.center_cls[...], teacher["cls"], self.config.center_momentum
-        )
-        model.center_patch[...] = losses.update_center(
-            model.center_patch[...], teacher["patches"], self.config.center_momentum
-        )
+        if not per_call:
+            # One update per step from every teacher output, whether or not a loss used them.
+            center_cls = losses.update_center(model.center_cls[...], teacher["cls"], momentum)
+            center_patch = losses.update_center(
+                model.center_patch[...], teacher["patches"], momentum
+            )
+        # 'per_call': a centre moves only inside the loss that uses it (the released DINOLoss),
+        # so a loss switched off leaves its centre where it is.
+        model.center_cls[...] = center_cls
+        model.center_patch[...] = center_patch
         return jnp.asarray(loss, jnp.float32), {
             **terms,
             "mask_ratio": jnp.mean(masks.astype(jnp.float32)),
