@@ -245,6 +245,50 @@ def test_mask_token_replaces_patch_embeddings():
     assert not np.allclose(model(images)["patches"], a)
 
 
+def test_prepare_tokens_adds_the_position_embedding_after_the_mask_token():
+    model = _tiny(use_mask_token=True)
+    model.mask_token[...] = jnp.full((1, 32), 0.5)
+    images = _images()
+    masks = jnp.asarray(np.random.default_rng(2).random((2, 5, 7)) < 0.5)
+    tokens = np.asarray(model.prepare_tokens(images, masks))
+    pos = np.asarray(vit.interpolate_pos_embed(model.pos_embed[...], (5, 7), square_input=False))
+    assert tokens.shape == (2, 1 + 35, 32)
+    flat = np.asarray(masks).reshape(2, 35)
+    # Masked patches: mask token + their own position embedding (iBOT / INO), not a bare token.
+    np.testing.assert_allclose(
+        tokens[:, 1:][flat], (0.5 + pos[1:][None].repeat(2, 0))[flat], atol=1e-6
+    )
+    np.testing.assert_allclose(
+        tokens[:, 0], np.broadcast_to(model.cls_token[...][0] + pos[0], (2, 32)), atol=1e-6
+    )
+    # The blocks start from exactly these tokens.
+    block1 = model.blocks[0](jnp.asarray(tokens), train=False)
+    np.testing.assert_allclose(
+        model(images, masks=masks, return_blocks=(1,), norm_blocks=False)["blocks"][1],
+        block1,
+        atol=1e-5,
+    )
+
+
+def test_training_grid_of_a_non_square_image_is_still_resampled():
+    # DINO / INO skip the interpolation only for a square image with the training grid; a 32 x 36
+    # image at patch 8 has the 4 x 4 grid but is resampled with the (4 + 0.1) / 4 scale.
+    model = _tiny()
+    pos = model.pos_embed[...]
+    np.testing.assert_array_equal(vit.interpolate_pos_embed(pos, (4, 4)), pos)
+    resampled = np.asarray(vit.interpolate_pos_embed(pos, (4, 4), square_input=False))
+    grid = np.asarray(pos[1:], np.float64).reshape(4, 4, 32)
+    m = vit.bicubic_matrix(4, 4, 0.1)
+    expected = np.einsum("hi,wj,ijd->hwd", m, m, grid).reshape(16, 32)
+    np.testing.assert_allclose(resampled[1:], expected, rtol=1e-5, atol=1e-6)
+    assert np.abs(resampled[1:] - np.asarray(pos[1:])).max() > 1e-3
+    square = np.asarray(model.prepare_tokens(jnp.zeros((1, 32, 32, 3))))
+    wide = np.asarray(model.prepare_tokens(jnp.zeros((1, 32, 36, 3))))
+    bias = np.asarray(model.patch_embed.bias[...])
+    np.testing.assert_allclose(square[0, 1:], np.asarray(pos[1:]) + bias, atol=1e-6)
+    np.testing.assert_allclose(wide[0, 1:], resampled[1:] + bias, atol=1e-6)
+
+
 def test_bad_calls_name_the_problem():
     model = _tiny()
     with pytest.raises(ValueError, match="use_mask_token"):

@@ -332,3 +332,111 @@ def _bad_calls():
 def test_bad_arguments_raise(name):
     with pytest.raises(ValueError):
         _bad_calls()[name]()
+
+
+# ------------------------------------------- the released code's call structure (main_VOS)
+
+
+def _clip_inputs(seed: int, m: int = 2, t: int = 4):
+    rng = np.random.default_rng(seed)
+    tc, sc = rng.normal(size=(2, B, t, K)).astype(np.float32)
+    sl = rng.normal(size=(B, t, m, K)).astype(np.float32)
+    center = rng.normal(0.0, 0.3, K).astype(np.float32)
+    return tc, sc, sl, center
+
+
+def test_frame_pairs_per_call_centres_each_pair_with_the_moved_centre():
+    tc, sc, sl, center = _clip_inputs(20)
+    loss, new = losses.out_generative_frame_pairs(*map(jnp.asarray, (tc, sc, sl, center)))
+    # The released calc_cross_frame_dino: one DINOLoss call per pair (n, n + 2), the centre
+    # EMA-updated (0.9) at the end of each call from that pair's 2 x B teacher outputs.
+    c, want = center.astype(np.float64), []
+    for n in (0, 1):
+        f = [n, n + 2]
+        want.append(_np_out(tc[:, f], sc[:, f], sl[:, f].reshape(B, -1, K), c, True, True))
+        c = 0.9 * c + 0.1 * tc[:, f].reshape(-1, K).mean(0)
+    np.testing.assert_allclose(loss, np.mean(want), rtol=1e-5)
+    np.testing.assert_allclose(new, c, rtol=1e-5, atol=1e-7)
+    # The single-update form centres both pairs with the old centre: a different loss.
+    step, new_step = losses.out_generative_frame_pairs(
+        *map(jnp.asarray, (tc, sc, sl, center)), center_update="per_step"
+    )
+    want_step = [
+        _np_out(tc[:, [n, n + 2]], sc[:, [n, n + 2]], sl[:, [n, n + 2]].reshape(B, -1, K),
+                center, True, True)
+        for n in (0, 1)
+    ]  # fmt: skip
+    np.testing.assert_allclose(step, np.mean(want_step), rtol=1e-5)
+    np.testing.assert_allclose(new_step, 0.9 * center + 0.1 * tc.reshape(-1, K).mean(0), rtol=1e-5)
+    assert abs(float(step) - float(loss)) > 1e-4
+
+
+def test_frame_pairs_gradient_reaches_the_student_only_and_bad_inputs_are_named():
+    tc, sc, sl, center = map(jnp.asarray, _clip_inputs(21))
+    grads = jax.grad(lambda *a: losses.out_generative_frame_pairs(*a)[0], argnums=(0, 1, 2))(
+        tc, sc, sl, center
+    )
+    assert float(jnp.abs(grads[0]).max()) == 0.0
+    assert float(jnp.abs(grads[1]).max()) > 0.0 and float(jnp.abs(grads[2]).max()) > 0.0
+    with pytest.raises(ValueError, match="even number T >= 2"):
+        losses.out_generative_frame_pairs(tc[:, :3], sc[:, :3], None, center, local_to_global=False)
+    with pytest.raises(ValueError, match=r"student_local must be \[B, T, M, K\]"):
+        losses.out_generative_frame_pairs(tc, sc, sl[:, :2], center)
+    with pytest.raises(ValueError, match="center_update='per_pair'"):
+        losses.out_generative_frame_pairs(tc, sc, sl, center, center_update="per_pair")
+
+
+def _mim_clip_inputs(seed: int, t: int = 3):
+    rng = np.random.default_rng(seed)
+    tp, sp = rng.normal(size=(2, B, t, N, K)).astype(np.float32)
+    center = rng.normal(0.0, 0.3, K).astype(np.float32)
+    return tp, sp, center
+
+
+def test_mim_frames_one_term_per_frame_and_centre_from_masked_tokens():
+    tp, sp, center = _mim_clip_inputs(22)
+    mask = np.zeros((B, N), bool)
+    mask[0, [1, 4]] = True
+    mask[1, [0, 2, 3, 5]] = True  # unequal counts: the pooled and per-image means differ
+    got, new = losses.mim_loss_frames(*map(jnp.asarray, (tp, sp, mask, center)))
+    c, terms = center.astype(np.float64), []
+    for f in range(tp.shape[1]):
+        ces = [
+            _np_ce(_np_softmax((tp[b, f, i] - c) / TT), sp[b, f, i], TS)
+            for b in range(B)
+            for i in range(N)
+            if mask[b, i]
+        ]
+        terms.append(np.mean(ces))  # one CE term over the masked tokens of every clip
+        c = 0.9 * c + 0.1 * tp[:, f][mask].mean(0)
+    np.testing.assert_allclose(got, np.mean(terms), rtol=1e-5)
+    np.testing.assert_allclose(new, c, rtol=1e-5, atol=1e-7)
+
+    image, _ = losses.mim_loss_frames(
+        *map(jnp.asarray, (tp, sp, mask, center)), average="image", center_update="per_step"
+    )
+    flat = (tp.reshape(-1, N, K), sp.reshape(-1, N, K), np.repeat(mask, tp.shape[1], 0))
+    np.testing.assert_allclose(image, _np_mim(*flat, center), rtol=1e-5)
+    assert abs(float(image) - float(got)) > 1e-4
+
+
+def test_mim_frames_without_masked_tokens_add_no_term_and_keep_the_centre():
+    tp, sp, center = _mim_clip_inputs(23)
+    mask = np.zeros((B, tp.shape[1], N), bool)
+    mask[:, 1, 2] = True  # only frame 1 has masked tokens
+    got, new = losses.mim_loss_frames(*map(jnp.asarray, (tp, sp, mask, center)))
+    ces = [_np_ce(_np_softmax((tp[b, 1, 2] - center) / TT), sp[b, 1, 2], TS) for b in range(B)]
+    np.testing.assert_allclose(got, np.mean(ces), rtol=1e-5)
+    np.testing.assert_allclose(new, 0.9 * center + 0.1 * tp[:, 1, 2].mean(0), rtol=1e-5)
+    none, same = losses.mim_loss_frames(*map(jnp.asarray, (tp, sp, np.zeros((B, N), bool), center)))
+    assert float(none) == 0.0
+    np.testing.assert_array_equal(same, center)
+    with pytest.raises(ValueError, match="average='clip'"):
+        losses.mim_loss_frames(*map(jnp.asarray, (tp, sp, mask, center)), average="clip")
+
+
+def test_affinity_normalises_tiny_vectors_as_f_normalize():
+    # F.normalize divides by max(||x||, 1e-12): a vector of norm 1e-8 still becomes a unit vector.
+    x = jnp.asarray([[3e-9, 4e-9]], jnp.float32)
+    np.testing.assert_allclose(losses._l2_normalize(x), [[0.6, 0.8]], rtol=1e-5)
+    np.testing.assert_array_equal(losses._l2_normalize(jnp.zeros((1, 2))), 0.0)
