@@ -1,23 +1,26 @@
-"""Connectivity enforcement for superpixel label maps.
+"""SLIC's connectivity enforcement, pixel-exact with scikit-image's (the SHLS training labels).
 
-`relabel_connected` turns any integer label map into one where every label is a single
-4-connected region, regions smaller than `min_size` pixels are merged into a neighbour, and the
-labels are 0..N-1 numbered by first appearance in raster order.
+scikit-image (`_enforce_label_connectivity_cython`, start_label=0) scans the pixels in raster
+order; at every pixel that has no new label yet it runs a breadth-first search over the
+4-connected pixels of the same old label that have none either (neighbours looked at in the
+order +x, -x, +y, -y), which gives the next new label to at most `max_size` of them. A piece
+smaller than `min_size` is instead given the new label of `adjacent`: the last already-labelled
+neighbour (with a label other than the piece's own) that the search met, or, with no such
+neighbour, the label the next piece will get, so that it joins whatever piece comes next in
+raster order, touching or not. A piece that reaches `max_size` stops growing there; the pixels
+it left are picked up later in the scan as new pieces.
 
-How, without a loop over pixels:
-1. Split labels into 4-connected pieces. A (2H-1) x (2W-1) "lattice" image holds the pixels at
-   even (row, col) positions and, between two 4-adjacent pixels, a link cell that is on when
-   their labels are equal (diagonal cells stay off). One binary 4-connected labelling of the
-   lattice (OpenCV) then gives exactly the same-label 4-connected components.
-2. Merge small pieces on the region adjacency graph (pairs of touching pieces, weighted by the
-   length of their shared border), never on the image again. Each round, every piece smaller
-   than `min_size` moves into the neighbour with the longest shared border among the neighbours
-   that rank higher in (size, first appearance); ranking strictly upwards means the moves form no
-   cycle, and the smallest piece always has a higher-ranked neighbour, so every round makes
-   progress. A piece only ever joins a piece it touches, so merged regions stay 4-connected.
+This port gets the same result without a loop over all pixels: the same-label 4-connected
+components are found at once (an OpenCV labelling of a lattice image), a normal-sized component
+(min_size <= size < max_size) takes the next label whole, and only components below `min_size`
+(to know which neighbour the search meets last) or at `max_size` and above (to know where the
+search stops) are searched pixel by pixel, in the same order as scikit-image. Pieces are handled
+in the raster order of their first pixel, which is the order in which the scan meets them.
 """
 
 from __future__ import annotations
+
+import heapq
 
 import cv2
 import numpy as np
@@ -27,127 +30,139 @@ def _check_labels(labels: np.ndarray) -> np.ndarray:
     labels = np.asarray(labels)
     if labels.ndim != 2 or labels.size == 0:
         raise ValueError(f"labels: expected a non-empty [H, W] array, got shape {labels.shape}")
-    if not (np.issubdtype(labels.dtype, np.integer) or labels.dtype == np.bool_):
+    if not np.issubdtype(labels.dtype, np.integer):
         raise ValueError(f"labels: expected an integer array, got dtype {labels.dtype}")
     return labels
 
 
-def num_segments(labels: np.ndarray) -> int:
-    """The number of distinct labels in a label map.
+def components(labels: np.ndarray) -> tuple[np.ndarray, int]:
+    """The same-label 4-connected pieces of a label map, ids 0..n-1 in no particular order.
 
-    Args:
-      labels: integer [H, W].
-
-    Returns:
-      How many different values `labels` holds.
-
-    Raises:
-      ValueError: `labels` is not a non-empty 2-D integer array.
+    A (2H-1) x (2W-1) lattice holds the pixels at even (row, col) positions and, between two
+    4-adjacent pixels, a link cell that is on when their labels are equal; one binary
+    4-connected labelling of the lattice gives the same-label components.
     """
-    return int(np.unique(_check_labels(labels)).size)
-
-
-def _components(labels: np.ndarray) -> tuple[np.ndarray, int]:
-    """The same-label 4-connected pieces, numbered 0..n-1 by first appearance in raster order."""
+    labels = _check_labels(labels)
     h, w = labels.shape
     lattice = np.zeros((2 * h - 1, 2 * w - 1), np.uint8)
     lattice[::2, ::2] = 1
     lattice[::2, 1::2] = labels[:, 1:] == labels[:, :-1]
     lattice[1::2, ::2] = labels[1:] == labels[:-1]
-    n, lattice_ids = cv2.connectedComponents(lattice, connectivity=4, ltype=cv2.CV_32S)
-    comp = lattice_ids[::2, ::2] - 1  # lattice label 0 is the off cells
-    n -= 1
-    # OpenCV's numbering need not follow raster order (its parallel labelling numbers stripes),
-    # so rank the pieces by their first pixel. That pixel differs from its upper and left
-    # neighbours (both come earlier in raster order), which leaves few candidates to look at.
-    starts = np.ones((h, w), bool)
-    starts[1:] = comp[1:] != comp[:-1]
-    starts[:, 1:] &= comp[:, 1:] != comp[:, :-1]
-    at = np.flatnonzero(starts)  # ascending
-    first_comp, first_at = np.unique(comp.ravel()[at], return_index=True)
-    first = np.empty(n, np.int64)
-    first[first_comp] = at[first_at]
-    rank = np.empty(n, np.int32)
-    rank[np.argsort(first, kind="stable")] = np.arange(n, dtype=np.int32)
-    return rank[comp], n
+    n, ids = cv2.connectedComponents(lattice, connectivity=4, ltype=cv2.CV_32S)
+    return ids[::2, ::2] - 1, n - 1
 
 
-def _adjacency(
-    comp: np.ndarray, n: int, small: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Pairs (a, b) of touching pieces with `small[a]`, with their shared border length."""
-    horizontal = comp[:, :-1] != comp[:, 1:]
-    vertical = comp[:-1] != comp[1:]
-    a = np.concatenate([comp[:, :-1][horizontal], comp[:-1][vertical]]).astype(np.int64)
-    b = np.concatenate([comp[:, 1:][horizontal], comp[1:][vertical]]).astype(np.int64)
-    a, b = np.concatenate([a, b]), np.concatenate([b, a])
-    keep = small[a]
-    pairs, counts = np.unique(a[keep] * n + b[keep], return_counts=True)
-    return pairs // n, pairs % n, counts
-
-
-def _merge_small(comp: np.ndarray, n: int, min_size: int) -> np.ndarray:
-    """Maps every piece to the piece it is merged into (identity for pieces that stay)."""
-    sizes0 = np.bincount(comp.ravel(), minlength=n)
-    if n == 1 or sizes0.min() >= min_size:
-        return np.arange(n)
-    # Only pieces that start small can ever be in a small group (groups only grow), so only
-    # their borders are needed.
-    pair_a, pair_b, pair_len = _adjacency(comp, n, sizes0 < min_size)
-    ids = np.arange(n, dtype=np.int64)
-    group = np.arange(n)  # piece -> the group (named by one of its pieces) it belongs to
-    while True:
-        sizes = np.bincount(group, weights=sizes0, minlength=n)
-        live = sizes > 0
-        small = live & (sizes < min_size)
-        if not small.any() or np.count_nonzero(live) <= 1:
-            return group
-        # Strict total order: bigger first, then earlier first appearance (smaller id).
-        key = sizes.astype(np.int64) * n + (n - 1 - ids)
-        ga, gb = group[pair_a], group[pair_b]
-        keep = (ga != gb) & small[ga]
-        ga, gb, length = ga[keep], gb[keep], pair_len[keep]
-        keep = key[gb] > key[ga]
-        ga, gb, length = ga[keep], gb[keep], length[keep]
-        merged, inverse = np.unique(ga * n + gb, return_inverse=True)
-        border = np.bincount(inverse, weights=length)
-        src, dst = merged // n, merged % n
-        order = np.lexsort((border, src))
-        src, dst = src[order], dst[order]
-        best = np.r_[src[1:] != src[:-1], True]  # the longest border of each source
-        target = np.arange(n)
-        target[src[best]] = dst[best]
-        while True:  # follow chains a -> b -> c; keys increase along them, so no cycles
-            jumped = target[target]
-            if np.array_equal(jumped, target):
-                break
-            target = jumped
-        group = target[group]
-
-
-def relabel_connected(labels: np.ndarray, min_size: int) -> np.ndarray:
-    """Makes every label one 4-connected region and merges regions below `min_size` pixels.
-
-    Args:
-      labels: integer [H, W] label map (any values; a label may cover several disjoint regions).
-      min_size: regions with fewer pixels are merged into the touching region with which they
-        share the longest border, among those that are larger (or as large and appear earlier);
-        0 or 1 merges nothing. A region only stays smaller than this when it is the whole image.
+def _search(
+    start: int,
+    member: np.ndarray,
+    out: np.ndarray,
+    new_label: int,
+    width: int,
+    limit: int,
+) -> tuple[list[int], int]:
+    """scikit-image's breadth-first search from flat pixel `start` over the unlabelled pixels
+    with `member` True (one component), stopping at `limit` pixels.
 
     Returns:
-      int32 [H, W] labels 0..N-1, each one 4-connected region, numbered by first appearance in
-      raster order.
+      (the pixels taken, in search order; the last labelled neighbour other than `new_label`
+      met, or `new_label` if none). Writes `new_label` into `out` for the pixels taken.
+    """
+    height = member.size // width
+    taken = [start]
+    out[start] = new_label
+    adjacent = new_label
+    visited = 0
+    while visited < len(taken) < limit:
+        p = taken[visited]
+        y, x = divmod(p, width)
+        for q, inside in (
+            (p + 1, x + 1 < width),
+            (p - 1, x > 0),
+            (p + width, y + 1 < height),
+            (p - width, y > 0),
+        ):
+            if not inside:
+                continue
+            if member[q] and out[q] < 0:
+                out[q] = new_label
+                taken.append(q)
+                if len(taken) >= limit:
+                    break
+            elif out[q] >= 0 and out[q] != new_label:
+                adjacent = int(out[q])
+        visited += 1
+    return taken, adjacent
+
+
+def enforce_connectivity(labels: np.ndarray, min_size: int, max_size: int) -> np.ndarray:
+    """scikit-image's SLIC connectivity enforcement (start_label=0), pixel for pixel.
+
+    Args:
+      labels: integer [H, W] label map; negative values are "no label" and stay -1.
+      min_size: pieces with fewer pixels take the label of a neighbour (see the module doc).
+      max_size: no new label is given to more than this many pixels by one search (>= 1).
+
+    Returns:
+      int32 [H, W] labels 0..N-1, numbered in the raster order of the pieces' first pixels.
 
     Raises:
-      ValueError: `labels` is not a non-empty 2-D integer array, or `min_size` < 0.
+      ValueError: `labels` is not a non-empty 2-D integer array, or the sizes are bad.
     """
     labels = _check_labels(labels)
-    if isinstance(min_size, bool) or not isinstance(min_size, (int, np.integer)) or min_size < 0:
-        raise ValueError(f"min_size: expected an int >= 0, got {min_size!r}")
-    comp, n = _components(labels)
-    group = _merge_small(comp, n, int(min_size))
-    # A merged region is named by its earliest piece, which is where the region first appears.
-    first = np.full(n, n, np.int64)
-    np.minimum.at(first, group, np.arange(n))
-    new_id = np.searchsorted(np.unique(first[group]), first[group]).astype(np.int32)
-    return new_id[comp]
+    for name, value in (("min_size", min_size), ("max_size", max_size)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+            raise ValueError(f"{name}: expected an int >= 0, got {value!r}")
+    if max_size < 1:
+        raise ValueError(f"max_size: expected an int >= 1, got {max_size}")
+    h, w = labels.shape
+    comp, n = components(labels)
+    comp = comp.ravel()
+    valid = labels.ravel() >= 0
+    comp = np.where(valid, comp, -1)
+    order = np.argsort(comp, kind="stable")  # pixels of each component, in raster order
+    bounds = np.searchsorted(comp[order], np.arange(n + 1))
+    out = np.full(h * w, -1, np.int64)
+
+    heap = [(int(order[bounds[c]]), c) for c in range(n) if bounds[c + 1] > bounds[c]]
+    heap = [item for item in heap if valid[item[0]]]
+    heapq.heapify(heap)
+    remainder: dict[int, np.ndarray] = {}  # piece id -> its pixels, for split components
+    next_id = n
+    new_label = 0
+    while heap:
+        start, piece = heapq.heappop(heap)
+        pixels = (
+            remainder.pop(piece) if piece in remainder else order[bounds[piece] : bounds[piece + 1]]
+        )
+        if min_size <= pixels.size < max_size:
+            out[pixels] = new_label
+            new_label += 1
+            continue
+        member = np.zeros(h * w, bool)
+        member[pixels] = True
+        taken, adjacent = _search(start, member, out, new_label, w, max_size)
+        if len(taken) < min_size:
+            out[taken] = adjacent
+            continue
+        new_label += 1
+        if len(taken) < pixels.size:
+            # The search stopped at max_size: the rest of the component splits into pieces
+            # that the scan meets later, each at its first pixel.
+            rest = np.zeros(h * w, np.uint8)
+            rest[pixels[out[pixels] < 0]] = 1
+            count, ids = cv2.connectedComponents(rest.reshape(h, w), connectivity=4)
+            ids = ids.ravel()
+            left = pixels[out[pixels] < 0]
+            piece_of = ids[left]
+            for k in range(1, count):
+                mine = left[piece_of == k]
+                remainder[next_id] = mine
+                heapq.heappush(heap, (int(mine[0]), next_id))
+                next_id += 1
+    return out.reshape(h, w).astype(np.int32)
+
+
+def num_segments(labels: np.ndarray) -> int:
+    """The number of distinct non-negative labels in a label map."""
+    labels = _check_labels(labels)
+    return int(np.unique(labels[labels >= 0]).size)

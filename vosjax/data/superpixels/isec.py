@@ -1,59 +1,51 @@
-"""ISEC superpixels: Iterative over-Segmentation via Edge Clustering.
+"""ISEC superpixels (Iterative over-Segmentation via Edge Clustering), pixel-exact with SHLS.
 
 Mendonça and Oliveira, "ISEC: Iterative over-segmentation via edge clustering", Image and Vision
-Computing 80 (2018). SHLS computes its DAVIS test superpixels with it (`isec(f_order=11, nit=4)`).
-Unlike SLIC, the number of superpixels is not asked for: it follows the content, few on flat
-regions, many where edges are dense. This is our own vectorised reimplementation (numpy + OpenCV)
-of the variant in the SHLS code base.
+Computing 80 (2018). SHLS computes its DAVIS test superpixels with the variant in its code base,
+`isec_py/isec.py` `isec(f_order=11, nit=4).segment(frame / 255)`. The number of superpixels is not
+asked for: it follows the content (few on flat regions, many where edges are dense). This module
+computes the released label maps pixel for pixel with numpy, scipy and OpenCV (scikit-image, which
+the released code calls, is not a dependency of vosjax; every step below is the scikit-image or
+scipy step it replaces, with the same dtype and the same border handling).
 
-Algorithm, on the grey image g in [0, 1] (luma 0.2125 R + 0.7154 G + 0.0721 B):
-  contours = {}
+Algorithm, on the grey image g (float32 R G B / 255 times (0.2125, 0.7154, 0.0721)):
+  contours = 0
   for t = 0 .. num_iters - 1 (coarse to fine):
-    1. Canny edges of g with Gaussian sigma = 1 + t, Sobel gradients, L2 magnitude, thresholds
-       high = exp(0.02 t) / 10 and low = high / 10 on the magnitude of the 3 x 3 Sobel of g.
-    2. Edge density: the number of edge pixels in an s x s box, s = max(3, filter_order - 2 t),
-       min-max normalised to [0, 1]. Nearby edges now form one blob: this is the clustering.
-    3. Thin the blobs (topology-preserving Guo-Hall thinning, (s - 1) / 2 iterations, which
-       undoes the s x s widening of an isolated edge but leaves a cluster of edges as a
-       connected band), keep the pixels whose density exceeds 0.05 t (later, finer iterations
-       keep only denser clusters), and fill holes smaller than 10 + 5 t pixels.
-    4. Add the outline of the result (pixels with a background pixel among their 8 neighbours)
-       to `contours`: an edge cluster becomes a closed curve around it, so it both separates the
-       region from its surroundings and becomes a superpixel itself.
-  Clean-up: fill holes of `contours` smaller than `min_size`, thin them ((filter_order - 1) / 2
-  iterations), keep outlines only, drop contour pieces of fewer than `min_size` 8-connected
-  pixels. The superpixels are the 4-connected regions between contours; the contour pixels join
-  a 4-neighbouring region; `connectivity.relabel_connected` makes the labels contiguous and
-  merges regions smaller than `min_size`.
-
-Differences from the authors' code (same idea, not the same pixels): OpenCV's Canny (non-maximum
-suppression over 4 quantised directions instead of interpolated ones, 16-bit gradients), borders
-reflected instead of zero-padded before smoothing (so the frame border makes no edges), our own
-Guo-Hall thinning, contour pixels joining a 4-neighbouring region until none is left (instead of
-one pass over 8 neighbours) so that every label stays 4-connected, and the final merge of regions
-below `min_size`. On frame 0 of the eight DAVIS-2016 480p sequences the superpixel counts are
-within 10% of the authors' code (e.g. car-shadow 749 vs 747, blackswan 1363 vs 1354, kite-surf
-615 vs 680), at about 65 ms instead of about 2.7 s per frame on one core. The authors' separate
-ISEC repository differs from the SHLS variant used here: thresholds 0.1 + 0.05 t with
-low = 0.4 high, and an area threshold of 80.
+    1. Canny edges of scale t (`canny`: sigma = 1 + t, zero padding) with thresholds
+       high = exp(0.02 t) / 10 and low = high / 10.
+    2. Edge density: the number of edge pixels in an s x s box (s = max(3, filter_order - 2 t),
+       reflected border), divided by its maximum (scikit-image's rescale_intensity to [0, 1]).
+    3. Thin the non-zero density (Guo-Hall, (s - 1) // 2 iterations, on the map padded by s
+       reflected pixels), keep the thinned pixels whose density exceeds 0.05 t, and fill the
+       4-connected holes smaller than 10 + 5 t pixels (area closing; a background region that
+       touches the frame border counts as a hole too).
+    4. Add the shell of the result (pixels without a full 3 x 3 neighbourhood, reflected
+       border) to `contours`.
+  Clean-up: fill holes of `contours` below `area_threshold` pixels, thin them ((filter_order -
+  1) // 2 iterations), keep the shell, drop 8-connected contour pieces below `area_threshold`
+  pixels (area opening). The superpixels are the 4-connected regions between contours, numbered
+  in raster order from 1; a contour pixel then takes the largest label among its 8 neighbours
+  (reflected border) and stays 0 when they are all contour pixels. `num_regions` counts the
+  regions before that filling.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import cv2
 import numpy as np
+from scipy import ndimage
 
-from vosjax.data.superpixels import connectivity
+from vosjax.data.superpixels import canny
 from vosjax.data.superpixels import slic as slic_lib
 
-# Gray levels are scaled by this before the Sobel filter so that the 16-bit gradients that
-# OpenCV's Canny takes keep 12 fractional bits (|Sobel| <= 4 * 4096 < 2^15).
-_GRADIENT_SCALE = 4096.0
-# Bit of each neighbour in the 8-neighbour code, at its (row, col) offset + 1. Guo-Hall's x1..x8
-# go counter-clockwise from the east: x1 = E, x2 = NE, x3 = N, x4 = NW, x5 = W, x6 = SW, x7 = S,
-# x8 = SE; x_i has bit i - 1.
+# Luma weights of scikit-image's rgb2gray.
+_GRAY = (0.2125, 0.7154, 0.0721)
+# Bit of each neighbour in the 8-neighbour code, at its (row, col) offset + 1 (scikit-image's
+# thinning mask). Guo-Hall's x1..x8 go counter-clockwise from the east: x1 = E, x2 = NE, x3 = N,
+# x4 = NW, x5 = W, x6 = SW, x7 = S, x8 = SE; x_i has bit i - 1.
 _NEIGHBOUR_BITS = np.array([[8, 4, 2], [16, 0, 1], [32, 64, 128]], np.float32)
 
 
@@ -82,107 +74,165 @@ def _guo_hall_tables() -> tuple[np.ndarray, np.ndarray]:
 _THIN_TABLES = _guo_hall_tables()
 
 
-def _thin(mask: np.ndarray, iterations: int) -> np.ndarray:
-    """Guo-Hall thinning of a binary mask, at most `iterations` (two sub-iterations each).
+def thin(mask: np.ndarray, iterations: int) -> np.ndarray:
+    """Guo-Hall thinning (scikit-image's `thin`): at most `iterations` full iterations, the
+    outside of the image counts as background.
 
     Args:
-      mask: uint8 [H, W] of 0 / 1.
-      iterations: number of full iterations; each peels about one pixel from each side.
+      mask: bool [H, W].
+      iterations: number of full iterations (two sub-iterations each), >= 1; stops earlier
+        when an iteration removes nothing.
 
     Returns:
-      uint8 [H, W] of 0 / 1. The border is reflected: a shape touching it is not eaten from it.
+      bool [H, W].
     """
-    mask = mask.copy()
+    skel = mask.astype(np.uint8)
     for _ in range(iterations):
-        changed = False
+        removed = 0
         for table in _THIN_TABLES:
-            code = cv2.filter2D(mask, cv2.CV_8U, _NEIGHBOUR_BITS, borderType=cv2.BORDER_REFLECT)
-            remove = cv2.LUT(code, table) & mask
-            if cv2.countNonZero(remove):
-                mask ^= remove
-                changed = True
-        if not changed:
+            code = cv2.filter2D(skel, cv2.CV_8U, _NEIGHBOUR_BITS, borderType=cv2.BORDER_CONSTANT)
+            remove = cv2.LUT(code, table) & skel
+            count = cv2.countNonZero(remove)
+            if count:
+                skel ^= remove
+                removed += count
+        if not removed:
             break
-    return mask
+    return skel.astype(bool)
 
 
-def _fill_holes(mask: np.ndarray, min_area: int) -> np.ndarray:
-    """Sets the 4-connected background regions of fewer than `min_area` pixels to 1."""
-    _, regions, stats, _ = cv2.connectedComponentsWithStats(
-        1 - mask, connectivity=4, ltype=cv2.CV_32S
+def _small_components(mask: np.ndarray, connectivity: int, min_area: int) -> np.ndarray:
+    """bool [H, W]: pixels of the `connectivity`-connected components of `mask` with fewer than
+    `min_area` pixels. A component that is the whole image is no exception: scikit-image's
+    max-tree filters set a root below the threshold to 0 too."""
+    count, ids, stats, _ = cv2.connectedComponentsWithStats(
+        mask.astype(np.uint8), connectivity=connectivity, ltype=cv2.CV_32S
     )
-    small = stats[:, cv2.CC_STAT_AREA] < min_area
-    small[0] = False  # label 0 is the foreground
-    return mask | small[regions].astype(np.uint8)
+    area = stats[:, cv2.CC_STAT_AREA]
+    small = area < min_area
+    small[0] = False  # OpenCV's label 0 is the background
+    return small[ids]
 
 
-def _drop_small(mask: np.ndarray, min_area: int) -> np.ndarray:
-    """Clears the 8-connected foreground regions of fewer than `min_area` pixels."""
-    _, regions, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8, ltype=cv2.CV_32S)
-    keep = stats[:, cv2.CC_STAT_AREA] >= min_area
-    keep[0] = False
-    return keep[regions].astype(np.uint8)
+def area_closing(mask: np.ndarray, area_threshold: int, connectivity: int = 4) -> np.ndarray:
+    """Binary area closing (scikit-image's on a two-level image): background regions below
+    `area_threshold` pixels, including those touching the border (and the whole image, if it
+    is all background and smaller), become foreground."""
+    return mask | _small_components(~mask, connectivity, area_threshold)
 
 
-def _outline(mask: np.ndarray) -> np.ndarray:
-    """Foreground pixels with a background pixel among their 8 neighbours (outside = foreground)."""
-    return mask & (1 - cv2.erode(mask, np.ones((3, 3), np.uint8)))
+def area_opening(mask: np.ndarray, area_threshold: int, connectivity: int = 8) -> np.ndarray:
+    """Binary area opening: foreground regions below `area_threshold` pixels are removed."""
+    return mask & ~_small_components(mask, connectivity, area_threshold)
 
 
-def _canny(gray: np.ndarray, sigma: float, high: float, low: float) -> np.ndarray:
-    """uint8 0 / 1 Canny edges of `gray` ([0, 1]) with thresholds on its 3 x 3 Sobel magnitude."""
-    smooth = cv2.GaussianBlur(
-        gray, (0, 0), sigmaX=sigma, sigmaY=sigma, borderType=cv2.BORDER_REFLECT
-    )
-    smooth *= np.float32(_GRADIENT_SCALE)
-    dx = np.rint(cv2.Sobel(smooth, cv2.CV_32F, 1, 0, ksize=3)).astype(np.int16)
-    dy = np.rint(cv2.Sobel(smooth, cv2.CV_32F, 0, 1, ksize=3)).astype(np.int16)
-    edges = cv2.Canny(dx, dy, low * _GRADIENT_SCALE, high * _GRADIENT_SCALE, L2gradient=True)
-    return (edges > 0).astype(np.uint8)
+def _box_sum(values: np.ndarray, size: int) -> np.ndarray:
+    """Sum over a size x size box with a reflected border (scipy's convolve with a box of ones,
+    mode 'reflect'); exact for the small integer values it is used on."""
+    return cv2.boxFilter(values, -1, (size, size), normalize=False, borderType=cv2.BORDER_REFLECT)
 
 
-def _contours(gray: np.ndarray, filter_order: int, num_iters: int, min_size: int) -> np.ndarray:
-    """uint8 [H, W] 0 / 1 map of the thin closed curves between superpixels."""
-    contours = np.zeros(gray.shape, np.uint8)
+def shell(mask: np.ndarray) -> np.ndarray:
+    """bool [H, W]: foreground pixels whose 3 x 3 neighbourhood (reflected border) is not all
+    foreground (the released `shell_kernel`'s shell; its kernel is the rest)."""
+    full = _box_sum(mask.astype(np.float32), 3) == 9.0
+    return mask & ~full
+
+
+def thin_values(values: np.ndarray, size: int) -> np.ndarray:
+    """`values` [H, W] float32 times the thinned map of `values > 0`, thinned for (size - 1) // 2
+    iterations on the map padded by `size` reflected pixels (the released `thin_edges`)."""
+    padded = np.pad(values > 0, size, mode="reflect")
+    kept = thin(padded, (size - 1) // 2).astype(np.float32)[size:-size, size:-size]
+    return values * kept
+
+
+def rescale_to_unit(values: np.ndarray) -> np.ndarray:
+    """float32 (v - min) / (max - min) (scikit-image's rescale_intensity to (0, 1)); a constant
+    map is clipped to [0, 1] instead."""
+    low, high = float(values.min()), float(values.max())
+    if low == high:
+        return np.clip(values, 0.0, 1.0).astype(values.dtype)
+    dtype = values.dtype.type
+    return ((values - dtype(low)) / dtype(high - low)).astype(values.dtype)
+
+
+def fill_contours(labels: np.ndarray) -> np.ndarray:
+    """Label-0 pixels take the largest label among their 8 neighbours (reflected border); the
+    others keep theirs (the released `remove_borders`)."""
+    padded = np.pad(labels, 1, mode="reflect")
+    h, w = labels.shape
+    largest = np.zeros_like(labels)
+    for dy in range(3):
+        for dx in range(3):
+            if dy != 1 or dx != 1:
+                np.maximum(largest, padded[dy : dy + h, dx : dx + w], out=largest)
+    return np.where(labels == 0, largest, labels)
+
+
+@dataclasses.dataclass(frozen=True)
+class Segmentation:
+    """What the released `isec.segment` returns."""
+
+    labels: np.ndarray  # int32 [H, W], 1..num_regions; 0 where a contour pixel found no label
+    num_regions: int  # regions found between the contours (before the contour filling)
+
+
+def _check_int(name: str, value: object, low: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+        raise ValueError(f"{name}: expected an int >= {low}, got {value!r}")
+
+
+def segment(
+    image: np.ndarray,
+    *,
+    filter_order: int = 11,
+    num_iters: int = 4,
+    area_threshold: int = 20,
+) -> Segmentation:
+    """ISEC as the released `isec(f_order, nit, at).segment`, with its 1-based labels.
+
+    Args:
+      image: [H, W, 3] RGB, uint8 (converted to float32 / 255, as the released loaders do) or
+        float32 / float64 in [0, 1].
+      filter_order: the side of the first (coarsest) edge-density box, >= 3; later iterations
+        use filter_order - 2 t (at least 3).
+      num_iters: the number of coarse-to-fine iterations (SHLS: 4), at most 6 (the released
+        Canny computes 6 scales).
+      area_threshold: the hole and contour-piece size of the clean-up (SHLS: 20).
+
+    Returns:
+      `Segmentation` (labels 1-based, 0 = contour pixel left without a label).
+
+    Raises:
+      ValueError: a bad `image` (shape, dtype) or a bad parameter, named in the message.
+    """
+    slic_lib.check_image(image)
+    _check_int("filter_order", filter_order, 3)
+    _check_int("num_iters", num_iters, 1)
+    _check_int("area_threshold", area_threshold, 1)
+    if num_iters > 6:
+        raise ValueError(f"num_iters: expected at most 6 (the Canny scales), got {num_iters}")
+    rgb = slic_lib.to_float(image)
+    gray = np.asarray(rgb @ np.array(_GRAY, dtype=rgb.dtype), dtype=np.float32)
+
+    contours = np.zeros(gray.shape, bool)
     for t in range(num_iters):
         high = math.exp(0.02 * t) / 10
-        edges = _canny(gray, sigma=1.0 + t, high=high, low=0.1 * high)
+        edges = canny.hysteresis(canny.scale(gray, 1.0 + t), high=high, low=0.1 * high)
         size = max(3, filter_order - 2 * t)
-        density = cv2.boxFilter(
-            edges.astype(np.float32),
-            -1,
-            (size, size),
-            normalize=False,
-            borderType=cv2.BORDER_REFLECT,
-        )
-        low, top = float(density.min()), float(density.max())
-        if top <= low:  # no edge at all (or edges everywhere): nothing to cluster
-            continue
-        band = _thin((density > low).astype(np.uint8), (size - 1) // 2)
-        band &= (density > low + 0.05 * t * (top - low)).astype(np.uint8)
-        band = _fill_holes(band, 10 + 5 * t)
-        contours |= _outline(band)
-    contours = _fill_holes(contours, min_size)
-    contours = _thin(contours, (filter_order - 1) // 2)
-    contours = _outline(contours)
-    return _drop_small(contours, min_size)
+        density = rescale_to_unit(_box_sum(edges.astype(np.float32), size))
+        density = thin_values(density, size)
+        band = density > np.float32(0.05 * t)
+        band = area_closing(band, 10 + 5 * t, connectivity=4)
+        contours |= shell(band)
 
-
-def _regions(contours: np.ndarray) -> np.ndarray:
-    """Labels the 4-connected regions between contours and hands contour pixels to them."""
-    _, regions = cv2.connectedComponents(1 - contours, connectivity=4, ltype=cv2.CV_32S)
-    if not regions.any():
-        return regions
-    # Float32 holds the label ids exactly (they are < 2^24) and cv2.dilate takes it. A contour
-    # pixel takes the largest label among its 4 neighbours that have one; it is then 4-adjacent
-    # to its region, so every region stays 4-connected.
-    labels = regions.astype(np.float32)
-    cross = cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3))
-    unlabelled = labels == 0
-    while unlabelled.any():
-        labels = np.where(unlabelled, cv2.dilate(labels, cross), labels)
-        unlabelled = labels == 0
-    return labels.astype(np.int32)
+    contours = area_closing(contours, area_threshold, connectivity=4)
+    contours = thin_values(contours.astype(np.float32), filter_order) > 0
+    contours = shell(contours)
+    contours = area_opening(contours, area_threshold, connectivity=8)
+    regions, num = ndimage.label(~contours)  # 4-connected, numbered in raster order
+    return Segmentation(fill_contours(regions.astype(np.int32)), int(num))
 
 
 def isec(
@@ -190,38 +240,17 @@ def isec(
     *,
     filter_order: int = 11,
     num_iters: int = 4,
-    min_size: int = 20,
+    area_threshold: int = 20,
 ) -> np.ndarray:
-    """ISEC superpixels of an RGB image: their number follows the density of edges.
+    """ISEC superpixels of an RGB image, 0-based: the released labels minus one.
 
-    Args:
-      image: uint8 [H, W, 3] RGB.
-      filter_order: the side of the first (coarsest) edge-density box filter, odd >= 3; later
-        iterations use filter_order - 2 t (at least 3).
-      num_iters: the number of coarse-to-fine iterations (the SHLS test setting is 4).
-      min_size: holes in the contour map, contour fragments and final regions smaller than
-        this many pixels are removed / merged (the SHLS code's area threshold, 20).
+    Args: as `segment`.
 
     Returns:
-      int32 [H, W] labels 0..N-1, each label one 4-connected region, numbered by first
-      appearance in raster order. A flat image is one segment.
-
-    Raises:
-      ValueError: a bad `image` (shape, dtype) or a bad parameter, named in the message.
+      int32 [H, W] labels 0..N-1; -1 for the (rare) contour pixels whose 8 neighbours are all
+      contour pixels (label 0 in the released map), which callers treat as "no superpixel".
     """
-    slic_lib.check_image(image)
-    for name, value, low in (
-        ("filter_order", filter_order, 3),
-        ("num_iters", num_iters, 1),
-        ("min_size", min_size, 1),
-    ):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-            raise ValueError(f"{name}: expected an int >= {low}, got {value!r}")
-    if filter_order % 2 == 0:
-        raise ValueError(f"filter_order: expected an odd int, got {filter_order}")
-    gray = cv2.transform(
-        image.astype(np.float32) * np.float32(1 / 255),
-        np.array([[0.2125, 0.7154, 0.0721]], np.float32),
+    result = segment(
+        image, filter_order=filter_order, num_iters=num_iters, area_threshold=area_threshold
     )
-    contours = _contours(gray, int(filter_order), int(num_iters), int(min_size))
-    return connectivity.relabel_connected(_regions(contours), int(min_size))
+    return result.labels - 1

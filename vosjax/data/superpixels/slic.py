@@ -1,205 +1,201 @@
-"""SLIC superpixels (Achanta et al., TPAMI 2012), vectorised with numpy and OpenCV.
+"""SLIC superpixels (Achanta et al., TPAMI 2012): the SHLS training superpixels, pixel-exact.
 
-The SHLS training superpixels: `slic(image, num_segments=300, compactness=20, sigma=1)` on
-256 x 256 RGB frames, with the meaning of scikit-image's `slic` arguments.
+SHLS's released training loaders call scikit-image's
+`slic(img, n_segments=300, compactness=20, sigma=1, multichannel=True, convert2lab=True) + 1`
+on the float32 RGB image in [0, 1]. This module computes the same label map, pixel for pixel,
+with numpy and scipy (scikit-image is not a dependency of vosjax): every float operation below
+is the one scikit-image 0.26 performs, in the same dtype and the same order, so that ties and
+roundings fall the same way. `slic` returns scikit-image's `start_label=0` labels, i.e. the
+released labels minus one.
 
-Algorithm:
-1. Smooth the RGB image (Gaussian, `sigma`) and convert it to CIELAB (D65; L in [0, 100]).
-2. Lay a regular ny x nx grid of cells over the image with about `num_segments` cells of side
-   S = sqrt(H W / num_segments) (ny = round(H / S), nx = round(W / S)); one centre per cell, at
-   its middle, then moved to the lowest Lab gradient position in its 3 x 3 neighbourhood.
-3. Repeat `max_iter` times: assign every pixel to the nearest centre among the 9 centres of its
-   own cell and the 8 cells around it, with d^2 = d_lab^2 + (d_xy / S)^2 m^2 (m = compactness);
-   then move every centre to the mean (L, a, b, y, x) of its pixels. While a centre stays in its
-   cell, the 3 x 3 cells around a pixel hold every centre whose 2S x 2S search window (the
-   paper's) covers the pixel, and a few a little farther (up to 1.5 S per axis).
-4. Enforce connectivity: split labels into 4-connected regions and merge regions smaller than
-   half the nominal segment area H W / num_segments into a neighbour (scikit-image's default
-   `min_size_factor=0.5`).
-
-Vectorisation: the pixels are gathered once into a [cells, 7, P] array (P = the largest cell
-area; smaller cells are padded with zero columns) of augmented features [f, 1, |f|^2], with
-f = (L, a, b, y m/S, x m/S) and y, x measured from the cell's corner. With candidate rows
-[-2c, |c|^2, 1], the squared distances of every pixel to its 9 candidate centres are one batched
-matrix product [cells, 9, 7] x [cells, 7, P]; the argmin packs the candidate index into the low
-mantissa bits so that a plain minimum finds it; the centre update is a second product (one-hot
-assignments [cells, 9, P] times features [cells, P, 6]) scattered onto the 3 x 3 cells.
+Steps (the names in brackets are the scikit-image steps they reproduce):
+1. [img_as_float, rescale] uint8 images become float32 / 255 (the loaders' conversion); the image
+   is then shifted and scaled to min 0, max 1.
+2. [rgb2lab] sRGB -> XYZ -> CIELAB (D65, 2 degree observer) in the image's dtype.
+3. [gaussian] separable Gaussian of the Lab image over rows and columns, mode 'reflect',
+   truncated at 4 sigma (scipy.ndimage.gaussian_filter, float32 intermediate).
+4. [regular_grid] seeds on a regular grid with about `num_segments` points, step S; the number
+   of seeds K can differ from `num_segments` (289 for 300 on 256 x 256). The seeds' colour
+   starts at 0 (not the image colour), so the first assignment is pulled towards dark pixels.
+5. [_slic_cython] `max_iter` rounds of: every centre k, in increasing k, claims the pixels of
+   its window (+-2 S' around it, S' the grid step for K seeds, clipped to the image) whose
+   distance d = (dy^2 + dx^2) / S^2 + |lab / m - c|^2 is strictly smaller than their best so far
+   (ties stay with the lower k); then every centre moves to the mean (y, x, colour) of its
+   pixels, summed in raster order in the image dtype. A centre left with no pixel becomes NaN
+   and never claims a pixel again.
+6. [_enforce_label_connectivity_cython] `connectivity.enforce_connectivity` with
+   min_size = int(0.5 H W / K), max_size = int(3 H W / K).
 """
 
 from __future__ import annotations
 
-import math
-
-import cv2
 import numpy as np
+from scipy import ndimage
 
 from vosjax.data.superpixels import connectivity
 
-# The 3 x 3 neighbourhood of a grid cell, as (dy, dx) offsets.
-_OFFSETS = tuple((dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1))
-# scikit-image's min_size_factor: regions below this fraction of H W / num_segments are merged.
-_MIN_SIZE_FACTOR = 0.5
-# The squared distance of a missing candidate (outside the grid); finite, so that the matrix
-# product never computes 0 * inf.
-_FAR = 1e30
+# sRGB (D65) -> CIE XYZ, and the D65 / 2 degree reference white (scikit-image's constants).
+_XYZ_FROM_RGB = np.array(
+    [
+        [0.412453, 0.357580, 0.180423],
+        [0.212671, 0.715160, 0.072169],
+        [0.019334, 0.119193, 0.950227],
+    ]
+)
+_D65_WHITE = (0.95047, 1.0, 1.08883)
+# scikit-image's slic defaults that the released loaders keep.
+MIN_SIZE_FACTOR = 0.5
+MAX_SIZE_FACTOR = 3.0
+GAUSSIAN_TRUNCATE = 4.0
+# Segments whose windows are evaluated together (bounds the [chunk, window] arrays).
+_CHUNK = 512
 
 
 def check_image(image: np.ndarray) -> None:
-    """Raises ValueError unless `image` is a uint8 [H, W, 3] RGB image."""
+    """Raises ValueError unless `image` is [H, W, 3] RGB: uint8, or float in [0, 1]."""
     if not isinstance(image, np.ndarray):
         raise ValueError(f"image: expected a numpy array, got {type(image).__name__}")
     if image.ndim != 3 or image.shape[2] != 3 or image.shape[0] < 1 or image.shape[1] < 1:
         raise ValueError(f"image: expected shape [H, W, 3] (RGB), got {image.shape}")
-    if image.dtype != np.uint8:
-        raise ValueError(f"image: expected dtype uint8, got {image.dtype}")
+    if image.dtype != np.uint8 and image.dtype not in (np.float32, np.float64):
+        raise ValueError(f"image: expected dtype uint8, float32 or float64, got {image.dtype}")
 
 
-def _cell_slots(length: int, cells: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
-    """Splits range(length) into `cells` runs whose sizes differ by at most one.
+def to_float(image: np.ndarray) -> np.ndarray:
+    """uint8 -> float32 / 255 (as the released loaders convert frames); float stays as it is."""
+    if image.dtype == np.uint8:
+        return image.astype(np.float32) / np.float32(255)
+    return image
 
-    Returns:
-      start [cells] (first index of each run), index [cells, size] (the positions of each run,
-      padded by repeating its last one), valid [cells, size], size (the longest run).
+
+def rgb_to_lab(rgb: np.ndarray) -> np.ndarray:
+    """CIELAB (D65, 2 degree observer) of float RGB [..., 3] in [0, 1], in rgb's dtype.
+
+    scikit-image's rgb2lab arithmetic: the sRGB gamma (power 2.4 above 0.04045, linear below),
+    a matrix product with the XYZ matrix (the caller keeps scikit-image's array shape so that
+    the product runs the same BLAS path), the white-point division and the cube root above
+    0.008856 (linear below).
     """
-    start = -(-np.arange(cells + 1) * length // cells)  # ceil(i * length / cells)
-    size = int(np.max(np.diff(start)))
-    index = start[:-1, None] + np.arange(size)[None, :]
-    valid = index < start[1:, None]
-    return start[:-1], np.minimum(index, start[1:, None] - 1), valid, size
+    dtype = rgb.dtype
+    linear = rgb.copy()
+    high = linear > 0.04045
+    linear[high] = np.power((linear[high] + 0.055) / 1.055, 2.4)
+    linear[~high] /= 12.92
+    xyz = linear @ _XYZ_FROM_RGB.T.astype(dtype)
+    xyz = xyz / np.asarray(_D65_WHITE, dtype=dtype)
+    high = xyz > 0.008856
+    xyz[high] = np.cbrt(xyz[high])
+    xyz[~high] = 7.787 * xyz[~high] + 16.0 / 116.0
+    fx, fy, fz = xyz[..., 0], xyz[..., 1], xyz[..., 2]
+    return np.stack([116.0 * fy - 16.0, 500.0 * (fx - fy), 200.0 * (fy - fz)], axis=-1)
 
 
-def _lowest_gradient(lab: np.ndarray, y: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, ...]:
-    """Moves seeds (y, x) to the lowest |Lab gradient|^2 position in their 3 x 3 window.
+def grid_steps(shape: tuple[int, ...], num_points: int) -> tuple[list[int], list[int]]:
+    """(starts, steps) per axis of scikit-image's `regular_grid(shape, num_points)`.
 
-    The gradient is |I(y+1, x) - I(y-1, x)|^2 + |I(y, x+1) - I(y, x-1)|^2 (Achanta et al.),
-    evaluated at the 9 candidate positions only, with the border replicated.
+    The step is (prod(shape) / num_points)^(1 / ndim) on every axis, except that axes shorter
+    than it (checked from the shortest) take their full length and the remaining axes share the
+    rest; starts are step // 2 (before rounding), steps the rounded step. An array with at most
+    `num_points` elements gets every position (start 0, step 1).
     """
-    h, w = lab.shape[:2]
-    dy = np.array([o[0] for o in _OFFSETS])
-    dx = np.array([o[1] for o in _OFFSETS])
-    ys = np.clip(y[:, None] + dy, 0, h - 1)  # [K, 9]
-    xs = np.clip(x[:, None] + dx, 0, w - 1)
+    dims = np.asarray(shape)
+    ndim = len(shape)
+    size = float(np.prod(dims))
+    if size <= num_points:
+        return [0] * ndim, [1] * ndim
+    order = np.argsort(dims)
+    sorted_dims = dims[order]
+    steps = np.full(ndim, (size / num_points) ** (1.0 / ndim))
+    if (sorted_dims < steps).any():
+        for axis in range(ndim):
+            steps[axis] = sorted_dims[axis]
+            rest = float(np.prod(sorted_dims[axis + 1 :]))
+            steps[axis + 1 :] = (rest / num_points) ** (1.0 / (ndim - axis - 1))
+            if (sorted_dims >= steps).all():
+                break
+    starts = np.empty(ndim, int)
+    rounded = np.empty(ndim, int)
+    starts[order] = (steps // 2).astype(int)
+    rounded[order] = np.round(steps).astype(int)
+    return [int(s) for s in starts], [int(s) for s in rounded]
 
-    def at(oy: int, ox: int) -> np.ndarray:
-        return lab[np.clip(ys + oy, 0, h - 1), np.clip(xs + ox, 0, w - 1)]
 
-    grad = np.sum((at(1, 0) - at(-1, 0)) ** 2 + (at(0, 1) - at(0, -1)) ** 2, axis=-1)
-    # Ties (flat regions) keep the seed where it is: its offset (0, 0) is looked at first.
-    order = np.array([4, 0, 1, 2, 3, 5, 6, 7, 8])
-    best = order[np.argmin(grad[:, order], axis=1)]
-    rows = np.arange(len(y))
-    return ys[rows, best], xs[rows, best]
-
-
-def grid_shape(height: int, width: int, num_segments: int) -> tuple[int, int]:
-    """The (rows, cols) of the SLIC grid: cells of side about sqrt(H W / num_segments)."""
-    step = math.sqrt(height * width / num_segments)
-    return min(height, max(1, round(height / step))), min(width, max(1, round(width / step)))
+def _windows(centre: np.ndarray, step: int, length: int) -> tuple[np.ndarray, np.ndarray]:
+    """[lo, hi) of every centre's window on one axis, with the C arithmetic of scikit-image:
+    lo = (Py_ssize_t) max(c - 2 step, 0), hi = (Py_ssize_t) min(c + 2 step + 1, length), in the
+    centre's dtype (truncation toward zero)."""
+    dtype = centre.dtype
+    lo = np.maximum(centre - dtype.type(2 * step), 0).astype(np.int64)
+    hi = np.minimum(centre + dtype.type(2 * step) + dtype.type(1), length).astype(np.int64)
+    return lo, hi
 
 
-def _cluster(lab: np.ndarray, num_segments: int, compactness: float, max_iter: int) -> np.ndarray:
-    """SLIC's k-means on a float32 [H, W, 3] Lab image.
+def _assign(
+    planes: list[np.ndarray],
+    centres: np.ndarray,
+    steps: tuple[int, int],
+    spatial_weight: np.floating,
+    labels: np.ndarray,
+) -> None:
+    """One assignment round: centre k claims the pixels of its window that it is strictly
+    closer to than every centre before it (ties stay with the lower k). `labels` [H, W] keeps
+    its value where no window reaches (scikit-image never resets it).
 
-    Returns:
-      int [H, W]: the grid cell (row * nx + col) of every pixel's centre, before connectivity
-      enforcement.
+    Args:
+      planes: the 3 colour channels, each [H + wy, W + wx] (zero-padded after the image so that
+        every window is a full wy x wx view; the padding is never read back).
     """
-    h, w = lab.shape[:2]
-    step = math.sqrt(h * w / num_segments)
-    ny, nx = grid_shape(h, w, num_segments)
-    row_start, row_index, row_valid, sy = _cell_slots(h, ny)
-    col_start, col_index, col_valid, sx = _cell_slots(w, nx)
-    cells, slots = ny * nx, sy * sx
-    spatial = np.float32(compactness / step)
+    h, w = labels.shape
+    dtype = planes[0].dtype
+    distance = np.full((h, w), np.inf, dtype)
+    live = np.flatnonzero(~np.isnan(centres).any(axis=1))
+    wy, wx = 4 * steps[0] + 1, 4 * steps[1] + 1
+    views = [np.lib.stride_tricks.sliding_window_view(p, (wy, wx)) for p in planes]
+    for begin in range(0, live.size, _CHUNK):
+        ks = live[begin : begin + _CHUNK]
+        cy, cx = centres[ks, 1], centres[ks, 2]
+        y0, y1 = _windows(cy, steps[0], h)
+        x0, x1 = _windows(cx, steps[1], w)
+        dy = cy[:, None] - (y0[:, None] + np.arange(wy)).astype(dtype)
+        dx = cx[:, None] - (x0[:, None] + np.arange(wx)).astype(dtype)
+        dy *= dy
+        dx *= dx
+        # (dz + dy + dx) * weight with dz = 0, as in scikit-image (0 + dy is exact); then the
+        # colour distance ((0 + t0^2) + t1^2) + t2^2.
+        dist = (dy[:, :, None] + dx[:, None, :]) * spatial_weight
+        colour = None
+        for c, view in enumerate(views):
+            t = view[y0, x0] - centres[ks, 3 + c][:, None, None]
+            t *= t
+            colour = t if colour is None else np.add(colour, t, out=colour)
+        dist += colour
+        for i, k in enumerate(ks):
+            rows, cols = slice(y0[i], y1[i]), slice(x0[i], x1[i])
+            best = distance[rows, cols]
+            mine = dist[i, : y1[i] - y0[i], : x1[i] - x0[i]]
+            closer = mine < best
+            np.copyto(best, mine, where=closer)
+            np.copyto(labels[rows, cols], k, where=closer)
 
-    # Pixel features per cell slot, [cells, 7, P]: rows (f, 1, |f|^2), f = (L, a, b, y m/S,
-    # x m/S) with y, x measured from the cell's corner (small numbers keep the float32 expansion
-    # |f - c|^2 = |f|^2 - 2 f.c + |c|^2 accurate). Padding slots are all zeros: they then add
-    # nothing to the centre update, and their (meaningless) labels are never read.
-    rel_y = np.broadcast_to(
-        (row_index - row_start[:, None])[:, None, :, None], (ny, nx, sy, sx)
-    ).reshape(cells, slots)
-    rel_x = np.broadcast_to(
-        (col_index - col_start[:, None])[None, :, None, :], (ny, nx, sy, sx)
-    ).reshape(cells, slots)
-    flat = (row_index[:, None, :, None] * w + col_index[None, :, None, :]).reshape(cells, slots)
-    valid = (row_valid[:, None, :, None] & col_valid[None, :, None, :]).reshape(cells, slots)
-    feats = np.empty((cells, 7, slots), np.float32)
-    for channel in range(3):
-        feats[:, channel] = lab[..., channel].ravel()[flat]
-    feats[:, 3] = rel_y * spatial
-    feats[:, 4] = rel_x * spatial
-    feats[:, 5] = 1.0
-    feats[:, :6] *= valid[:, None, :]
-    feats[:, 6] = np.einsum("ckp,ckp->cp", feats[:, :5], feats[:, :5])
-    feats_sum = feats[:, :6].transpose(0, 2, 1)  # [cells, P, 6] for the update: (f, count)
 
-    # Centres (absolute L, a, b, y, x in feature units) on a (ny + 2) x (nx + 2) grid whose
-    # border ring stays empty: a candidate there is _FAR away.
-    seed_y = (row_start + np.r_[row_start[1:], h] - 1) // 2
-    seed_x = (col_start + np.r_[col_start[1:], w] - 1) // 2
-    seed_y, seed_x = np.meshgrid(seed_y, seed_x, indexing="ij")
-    seed_y, seed_x = _lowest_gradient(lab, seed_y.ravel(), seed_x.ravel())
-    centres = np.zeros((ny + 2, nx + 2, 5))
-    present = np.zeros((ny + 2, nx + 2), bool)
-    present[1:-1, 1:-1] = True
-    inner = centres[1:-1, 1:-1]
-    inner[..., :3] = lab[seed_y, seed_x].reshape(ny, nx, 3)
-    inner[..., 3] = (seed_y * spatial).reshape(ny, nx)
-    inner[..., 4] = (seed_x * spatial).reshape(ny, nx)
-    corner = np.zeros((ny, nx, 5))
-    corner[..., 3] = (row_start * spatial)[:, None]
-    corner[..., 4] = (col_start * spatial)[None, :]
-
-    def around(grid: np.ndarray) -> np.ndarray:
-        """[ny + 2, nx + 2, ...] -> [ny, nx, 9, ...]: the 3 x 3 cells around every cell."""
-        return np.stack(
-            [grid[1 + dy : ny + 1 + dy, 1 + dx : nx + 1 + dx] for dy, dx in _OFFSETS], axis=2
-        )
-
-    ok = around(present)
-    index = np.arange(9, dtype=np.int32)[None, :, None]
-    buffer = np.empty((cells, 9, slots), np.float32)
-    for _ in range(max_iter):
-        # Candidate rows [-2c, |c|^2, 1] (c relative to the cell's corner), [cells, 9, 7].
-        cand = around(centres) - corner[:, :, None, :]
-        weights = np.zeros((ny, nx, 9, 7), np.float32)
-        weights[..., :5] = -2 * cand
-        weights[..., 5] = np.sum(cand * cand, axis=-1)
-        weights[..., 6] = 1.0
-        weights[~ok] = (0, 0, 0, 0, 0, _FAR, 0)
-        # |f - c|^2 [cells, 9, P]. One preallocated buffer serves as distances, keys and one-hot
-        # assignments in turn: fresh multi-megabyte arrays every iteration cost page faults.
-        dist = np.matmul(weights.reshape(cells, 9, 7), feats, out=buffer)
-        # argmin over the 9 candidates, fast: write the candidate index into the 4 low mantissa
-        # bits and take the minimum. The int32 order of the bits of floats >= 0 is their order;
-        # a rounding-negative distance (a near-exact hit) still sorts below every positive one.
-        # Ties within 2^-19 relatively go to the lower index.
-        keys = dist.view(np.int32)
-        np.bitwise_and(keys, ~15, out=keys)
-        np.bitwise_or(keys, index, out=keys)
-        choice = np.bitwise_and(keys.min(axis=1), 15)  # [cells, P]
-        onehot = np.equal(choice[:, None, :], index, out=buffer, casting="unsafe")
-        sums = np.matmul(onehot, feats_sum).astype(np.float64)  # [cells, 9, 6]
-        sums[..., :5] += sums[..., 5:] * corner.reshape(cells, 1, 5)
-        sums = sums.reshape(ny, nx, 9, 6)
-        total = np.zeros((ny + 2, nx + 2, 6))
-        for k, (dy, dx) in enumerate(_OFFSETS):
-            total[1 + dy : ny + 1 + dy, 1 + dx : nx + 1 + dx] += sums[:, :, k]
-        count = total[..., 5:]
-        np.divide(total[..., :5], count, out=centres, where=count > 0)
-
-    cell_id = np.pad(np.arange(cells).reshape(ny, nx), 1)
-    cell_labels = np.take_along_axis(around(cell_id).reshape(cells, 9), choice, axis=1)
-    cell_labels = cell_labels.reshape(ny, nx, sy, sx)
-    row_cell = np.repeat(np.arange(ny), np.diff(np.r_[row_start, h]))
-    col_cell = np.repeat(np.arange(nx), np.diff(np.r_[col_start, w]))
-    return cell_labels[
-        row_cell[:, None],
-        col_cell[None, :],
-        (np.arange(h) - row_start[row_cell])[:, None],
-        (np.arange(w) - col_start[col_cell])[None, :],
-    ]
+def _update(image: np.ndarray, labels: np.ndarray, num: int) -> np.ndarray:
+    """Centres [num, 6] (z, y, x, colour): means of their pixels, summed in raster order in the
+    image dtype (np.add.at adds sequentially); 0 / 0 = NaN for a centre without pixels."""
+    h, w = labels.shape
+    dtype = image.dtype
+    flat = labels.ravel()
+    keep = flat >= 0
+    flat = flat[keep]
+    sums = np.zeros((num, 6), dtype)
+    rows, cols = np.divmod(np.arange(h * w)[keep], w)
+    np.add.at(sums[:, 1], flat, rows.astype(dtype))
+    np.add.at(sums[:, 2], flat, cols.astype(dtype))
+    pixels = image.reshape(-1, 3)[keep]
+    for c in range(3):
+        np.add.at(sums[:, 3 + c], flat, pixels[:, c])
+    count = np.bincount(flat, minlength=num).astype(dtype)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return sums / count[:, None]
 
 
 def slic(
@@ -210,19 +206,19 @@ def slic(
     sigma: float = 1.0,
     max_iter: int = 10,
 ) -> np.ndarray:
-    """SLIC superpixels of an RGB image.
+    """SLIC superpixels of an RGB image, as scikit-image 0.26 computes them.
 
     Args:
-      image: uint8 [H, W, 3] RGB.
-      num_segments: the wanted number of superpixels (the grid has about this many cells;
-        connectivity enforcement can lower the final count a little).
+      image: [H, W, 3] RGB, uint8 (converted to float32 / 255) or float32 / float64 in [0, 1]
+        (the released loaders pass float32 frames after resizing).
+      num_segments: the wanted number of superpixels (the seed grid has about this many).
       compactness: m, the weight of the spatial distance against the Lab colour distance.
-      sigma: standard deviation (pixels) of the Gaussian smoothing before clustering; 0 for none.
-      max_iter: the number of assignment / update iterations.
+      sigma: Gaussian smoothing (pixels) of the Lab image before clustering; 0 for none.
+      max_iter: the number of assignment / update rounds.
 
     Returns:
-      int32 [H, W] labels 0..N-1, each label one 4-connected region, numbered by first
-      appearance in raster order.
+      int32 [H, W] labels 0..N-1 (scikit-image's start_label=0; the released code adds 1),
+      numbered by first appearance in raster order.
 
     Raises:
       ValueError: a bad `image` (shape, dtype) or a bad parameter, named in the message.
@@ -239,12 +235,49 @@ def slic(
     if isinstance(max_iter, bool) or not isinstance(max_iter, (int, np.integer)) or max_iter < 1:
         raise ValueError(f"max_iter: expected an int >= 1, got {max_iter!r}")
 
-    h, w = image.shape[:2]
-    rgb = image.astype(np.float32) * np.float32(1 / 255)
-    if sigma > 0:
-        rgb = cv2.GaussianBlur(
-            rgb, (0, 0), sigmaX=sigma, sigmaY=sigma, borderType=cv2.BORDER_REFLECT
+    rgb = to_float(image).copy()
+    low, high = rgb.min(), rgb.max()
+    if not (np.isfinite(low) and np.isfinite(high)):
+        raise ValueError("image: expected finite values")
+    rgb -= low
+    if high != low:
+        rgb /= high - low
+    dtype = rgb.dtype
+    h, w = rgb.shape[:2]
+    # scikit-image works on [depth=1, H, W, C]; the same shape keeps the same BLAS path.
+    lab = rgb_to_lab(rgb[None])
+    sigma_zyx = np.array([sigma, sigma, sigma], dtype=dtype)
+    if (sigma_zyx > 0).any():
+        lab = ndimage.gaussian_filter(
+            lab,
+            [0.0, *sigma_zyx[1:], 0.0],
+            mode="reflect",
+            truncate=GAUSSIAN_TRUNCATE,
         )
-    labels = _cluster(cv2.cvtColor(rgb, cv2.COLOR_RGB2Lab), num_segments, compactness, max_iter)
-    min_size = int(_MIN_SIZE_FACTOR * h * w / num_segments)
-    return connectivity.relabel_connected(labels, min_size)
+    lab = np.ascontiguousarray(lab * (1.0 / compactness), dtype=dtype)[0]
+
+    starts, steps = grid_steps((1, h, w), int(num_segments))
+    seed_y, seed_x = np.meshgrid(
+        np.arange(starts[1], h, steps[1]), np.arange(starts[2], w, steps[2]), indexing="ij"
+    )
+    num = seed_y.size
+    centres = np.zeros((num, 6), dtype)
+    centres[:, 1], centres[:, 2] = seed_y.ravel(), seed_x.ravel()
+    # The distance scale S is the grid step for `num_segments`; the search windows use the grid
+    # step for the K seeds actually placed (scikit-image recomputes it from K).
+    step = np.float32(max(float(s) for s in steps))
+    spatial_weight = dtype.type(1.0 / float(step * step))
+    window_steps = grid_steps((1, h, w), num)[1][1:]
+
+    pad = ((0, 4 * window_steps[0] + 1), (0, 4 * window_steps[1] + 1))
+    planes = [np.pad(lab[..., c], pad) for c in range(3)]
+    labels = np.full((h, w), -1, np.int64)
+    for it in range(max_iter):
+        _assign(planes, centres, window_steps, spatial_weight, labels)
+        if it + 1 < max_iter:
+            centres = _update(lab, labels, num)
+
+    size = h * w / num
+    return connectivity.enforce_connectivity(
+        labels, int(MIN_SIZE_FACTOR * size), int(MAX_SIZE_FACTOR * size)
+    )
