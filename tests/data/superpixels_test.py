@@ -156,13 +156,13 @@ def test_window_bounds_truncate_like_c():
 
 def test_assignment_ties_go_to_the_lower_centre_and_nan_centres_claim_nothing():
     h, w = 5, 9
-    planes = [np.pad(np.zeros((h, w), np.float32), ((0, 9), (0, 9))) for _ in range(3)]
+    image = np.zeros((h, w, 3), np.float32)
     centres = np.zeros((3, 6), np.float32)
     centres[0, 1:3] = (2, 2)
     centres[1, 1:3] = (2, 6)  # pixel column 4 is as far from both
     centres[2] = np.nan
     labels = np.full((h, w), -1, np.int64)
-    slic._assign(planes, centres, (2, 2), np.float32(1 / 4), labels)
+    slic._assign(image, centres, (2, 2), np.float32(1 / 4), labels)
     np.testing.assert_array_equal(labels[:, 4], 0)
     np.testing.assert_array_equal(labels[:, :4], 0)
     np.testing.assert_array_equal(labels[:, 5:], 1)

@@ -47,8 +47,6 @@ _D65_WHITE = (0.95047, 1.0, 1.08883)
 MIN_SIZE_FACTOR = 0.5
 MAX_SIZE_FACTOR = 3.0
 GAUSSIAN_TRUNCATE = 4.0
-# Segments whose windows are evaluated together (bounds the [chunk, window] arrays).
-_CHUNK = 512
 
 
 def check_image(image: np.ndarray) -> None:
@@ -131,7 +129,7 @@ def _windows(centre: np.ndarray, step: int, length: int) -> tuple[np.ndarray, np
 
 
 def _assign(
-    planes: list[np.ndarray],
+    image: np.ndarray,
     centres: np.ndarray,
     steps: tuple[int, int],
     spatial_weight: np.floating,
@@ -141,41 +139,37 @@ def _assign(
     closer to than every centre before it (ties stay with the lower k). `labels` [H, W] keeps
     its value where no window reaches (scikit-image never resets it).
 
-    Args:
-      planes: the 3 colour channels, each [H + wy, W + wx] (zero-padded after the image so that
-        every window is a full wy x wx view; the padding is never read back).
+    The distance is scikit-image's float expression, in the image dtype and in its order:
+    ((dz + dy^2) + dx^2) * weight (dz = 0 in 2-D, so 0 + dy^2 is exact) plus the colour term
+    ((0 + t0^2) + t1^2) + t2^2.
     """
     h, w = labels.shape
-    dtype = planes[0].dtype
+    dtype = image.dtype
     distance = np.full((h, w), np.inf, dtype)
     live = np.flatnonzero(~np.isnan(centres).any(axis=1))
-    wy, wx = 4 * steps[0] + 1, 4 * steps[1] + 1
-    views = [np.lib.stride_tricks.sliding_window_view(p, (wy, wx)) for p in planes]
-    for begin in range(0, live.size, _CHUNK):
-        ks = live[begin : begin + _CHUNK]
-        cy, cx = centres[ks, 1], centres[ks, 2]
-        y0, y1 = _windows(cy, steps[0], h)
-        x0, x1 = _windows(cx, steps[1], w)
-        dy = cy[:, None] - (y0[:, None] + np.arange(wy)).astype(dtype)
-        dx = cx[:, None] - (x0[:, None] + np.arange(wx)).astype(dtype)
-        dy *= dy
-        dx *= dx
-        # (dz + dy + dx) * weight with dz = 0, as in scikit-image (0 + dy is exact); then the
-        # colour distance ((0 + t0^2) + t1^2) + t2^2.
-        dist = (dy[:, :, None] + dx[:, None, :]) * spatial_weight
-        colour = None
-        for c, view in enumerate(views):
-            t = view[y0, x0] - centres[ks, 3 + c][:, None, None]
+    cy, cx = centres[live, 1], centres[live, 2]
+    y0, y1 = _windows(cy, steps[0], h)
+    x0, x1 = _windows(cx, steps[1], w)
+    dy2 = cy[:, None] - np.arange(h, dtype=dtype)  # [K, H]: rows' offsets from every centre
+    dy2 *= dy2
+    dx2 = cx[:, None] - np.arange(w, dtype=dtype)
+    dx2 *= dx2
+    planes = [np.ascontiguousarray(image[..., c]) for c in range(3)]
+    for i, k in enumerate(live):
+        rows, cols = slice(y0[i], y1[i]), slice(x0[i], x1[i])
+        dist = dy2[i, rows][:, None] + dx2[i, cols][None, :]
+        dist *= spatial_weight
+        colour = planes[0][rows, cols] - centres[k, 3]
+        colour *= colour
+        for c in (1, 2):
+            t = planes[c][rows, cols] - centres[k, 3 + c]
             t *= t
-            colour = t if colour is None else np.add(colour, t, out=colour)
+            colour += t
         dist += colour
-        for i, k in enumerate(ks):
-            rows, cols = slice(y0[i], y1[i]), slice(x0[i], x1[i])
-            best = distance[rows, cols]
-            mine = dist[i, : y1[i] - y0[i], : x1[i] - x0[i]]
-            closer = mine < best
-            np.copyto(best, mine, where=closer)
-            np.copyto(labels[rows, cols], k, where=closer)
+        best = distance[rows, cols]
+        closer = dist < best
+        np.copyto(best, dist, where=closer)
+        np.copyto(labels[rows, cols], k, where=closer)
 
 
 def _update(image: np.ndarray, labels: np.ndarray, num: int) -> np.ndarray:
@@ -269,11 +263,9 @@ def slic(
     spatial_weight = dtype.type(1.0 / float(step * step))
     window_steps = grid_steps((1, h, w), num)[1][1:]
 
-    pad = ((0, 4 * window_steps[0] + 1), (0, 4 * window_steps[1] + 1))
-    planes = [np.pad(lab[..., c], pad) for c in range(3)]
     labels = np.full((h, w), -1, np.int64)
     for it in range(max_iter):
-        _assign(planes, centres, window_steps, spatial_weight, labels)
+        _assign(lab, centres, window_steps, spatial_weight, labels)
         if it + 1 < max_iter:
             centres = _update(lab, labels, num)
 
