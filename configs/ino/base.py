@@ -18,7 +18,9 @@ propagation preset.
 Released-code details the paper leaves open (defaults; see vosjax/methods/ino/losses.py):
 --config.loss.center_update ('per_call': each DINOLoss call centres, then moves its centre, as
 main_VOS does; 'per_step': one update per step from all teacher outputs), --config.loss.mim_average
-('frame': one MIM term per frame over the batch's masked tokens; 'image': per-image means).
+('frame': one MIM term per frame over the batch's masked tokens; 'image': per-image means),
+--config.mim.style ('random': uniformly random patches as the released RandomMaskingGenerator;
+'block': BEiT / iBOT-style rectangles).
 
 Ablation switches (the paper's Table 4): --config.loss.global_to_global, local_to_global (bools),
 --config.loss.out_weight / mim_weight / affinity_weight (0 switches a term off),
@@ -98,7 +100,15 @@ def get_config(
         }
     )
     config.mim = ml_collections.ConfigDict(
-        {"prob": 0.5, "ratio_range": (0.1, 0.5), "min_block": 4, "shared_mask": code}
+        {
+            "prob": 0.5,
+            "ratio_range": (0.1, 0.5),
+            # 'random': uniformly random patches, as the released RandomMaskingGenerator;
+            # 'block': BEiT / iBOT-style rectangles of at least min_block patches.
+            "style": "random",
+            "min_block": 4,
+            "shared_mask": code,
+        }
     )
     config.center_momentum = 0.9
     config.ema = ml_collections.ConfigDict({"base": 0.996})

@@ -67,7 +67,10 @@ def _single_block_mask(grid: tuple[int, int]):
 
 @functools.cache
 def _batched_mim_mask(grid: tuple[int, int], **kwargs):
-    fn = functools.partial(mask_generator.sample_mim_mask, grid=grid, **kwargs)
+    # The block-mask statistics below; the released uniform style has its own tests.
+    fn = functools.partial(
+        mask_generator.sample_mim_mask, grid=grid, **{"style": "block", **kwargs}
+    )
     return jax.jit(jax.vmap(fn))
 
 
@@ -110,7 +113,7 @@ def test_jit_with_traced_target_equals_eager():
     keys = _keys(N, seed=4)
     jitted = _batched_mim_mask(GRID, prob=1.0)(keys)
     np.testing.assert_array_equal(
-        jitted[7], mask_generator.sample_mim_mask(keys[7], GRID, prob=1.0)
+        jitted[7], mask_generator.sample_mim_mask(keys[7], GRID, prob=1.0, style="block")
     )
 
 
@@ -223,9 +226,43 @@ def test_block_mask_bad_args(kwargs, name):
         ({"ratio_range": (0.5, 0.1)}, "ratio_range"),
         ({"ratio_range": (0.1, 1.2)}, "ratio_range"),
         ({"min_block": 0}, "min_block"),
+        ({"style": "blocks"}, "style='blocks'"),
     ],
 )
 def test_sample_mim_mask_bad_args(kwargs, name):
     args = {"grid": (10, 10), **kwargs}
     with pytest.raises(ValueError, match=name):
         mask_generator.sample_mim_mask(jax.random.key(0), **args)
+
+
+def test_random_mask_has_exactly_the_count_and_uniform_positions():
+    keys = _keys(3000, seed=21)
+    masks = np.asarray(jax.jit(jax.vmap(lambda k: mask_generator.random_mask(k, (4, 5), 6)))(keys))
+    assert masks.shape == (3000, 4, 5)
+    np.testing.assert_array_equal(masks.reshape(3000, -1).sum(1), 6)
+    # Every patch is masked with probability 6 / 20 (4 standard deviations).
+    freq = masks.reshape(3000, -1).mean(0)
+    assert np.abs(freq - 0.3).max() <= 4 * math.sqrt(0.3 * 0.7 / 3000)
+    # Not a block: masked patches are scattered (a 6-patch rectangle has at most 2 rows or cols
+    # of extent 3; uniform draws usually spread wider).
+    assert any(_filled_box(m) is None for m in masks[:20])
+    with pytest.raises(ValueError, match="num_masked=21"):
+        mask_generator.random_mask(keys[0], (4, 5), 21)
+
+
+def test_sample_mim_mask_random_style_is_the_released_generator():
+    # RandomMaskingGenerator(28, (0.1, 0.5), 0.5): with probability 0.5 nothing, otherwise
+    # int(U(0.1, 0.5) * 784) uniformly random patches.
+    n = 2000
+    fn = functools.partial(mask_generator.sample_mim_mask, grid=GRID, style="random")
+    masks = np.asarray(jax.jit(jax.vmap(fn))(_keys(n, seed=22)))
+    counts = masks.reshape(n, -1).sum(1)
+    nonempty = counts > 0
+    assert abs(nonempty.mean() - 0.5) <= 4 * math.sqrt(0.25 / n)
+    assert counts[nonempty].min() >= int(0.1 * 784) and counts.max() <= int(0.5 * 784)
+    # The count is floor(r * 784) with r uniform: mean 0.3 * 784 - 0.5.
+    expected = 0.3 * 784 - 0.5
+    sd = 0.4 * 784 / math.sqrt(12)
+    assert abs(counts[nonempty].mean() - expected) <= 4 * sd / math.sqrt(nonempty.sum())
+    # The same key gives the same mask as the single call.
+    np.testing.assert_array_equal(masks[3], fn(_keys(n, seed=22)[3]))

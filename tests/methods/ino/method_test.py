@@ -178,12 +178,34 @@ def test_loss_pairs_frames_n_and_n_plus_half_and_masks_the_student(center_update
     np.testing.assert_allclose(model.center_patch[...], final_patch, atol=1e-6)
 
 
-def test_bad_center_update_or_mim_average_is_named():
-    for field, value in (("center_update", "per_pair"), ("mim_average", "clip")):
+def test_bad_center_update_mim_average_or_mask_style_is_named():
+    for section, field, value in (
+        ("loss", "center_update", "per_pair"),
+        ("loss", "mim_average", "clip"),
+        ("mim", "style", "blocks"),
+    ):
         config = _config(clip_len=4)
-        config.loss[field] = value
-        with pytest.raises(ValueError, match=f"config.loss.{field}='{value}'"):
+        config[section][field] = value
+        with pytest.raises(ValueError, match=f"config.{section}.{field}='{value}'"):
             method.INO(config)
+
+
+def test_mask_style_reaches_the_masks():
+    config = _config(clip_len=4)
+    config.mim.prob = 1.0
+    grid = (8, 8)
+    masks = {}
+    for style in ("random", "block"):
+        config.mim.style = style
+        masks[style] = np.asarray(method.INO(config)._masks(jax.random.key(3), 64, grid))
+
+    # Block masks are unions of rectangles: far fewer isolated masked patches than uniform ones.
+    def isolated(m):
+        padded = np.pad(m, ((0, 0), (1, 1), (1, 1)))
+        neighbours = padded[:, :-2, 1:-1] | padded[:, 2:, 1:-1] | padded[:, 1:-1, :-2]
+        return np.sum(m & ~(neighbours | padded[:, 1:-1, 2:]))
+
+    assert isolated(masks["random"]) > 3 * max(isolated(masks["block"]), 1)
 
 
 def test_no_mask_means_no_in_generative_loss_and_switches_drop_terms():

@@ -1,11 +1,13 @@
-"""Block-wise patch masks for INO's masked image modelling (BEiT / iBOT style), in pure JAX.
+"""Patch masks for INO's masked image modelling, in pure JAX.
 
-`block_mask` grows a mask out of random rectangles until it holds a target number of patches;
-`sample_mim_mask` masks, with probability `prob`, a uniformly random fraction of the grid
-(INO: with probability 0.5, U(0.1, 0.5) of the 28 x 28 patches). Both draw everything from one
-PRNG key inside a `jax.lax.while_loop`, so they run in a jitted train step, vmap over keys, and
-give the same mask on every device for the same key (INO shares one mask across the batch and
-across devices).
+`random_mask` masks a uniformly random set of exactly `num_masked` patches (the released
+`mask_generator.RandomMaskingGenerator`: a shuffled 0/1 vector); `block_mask` grows a mask out of
+random rectangles until it holds a target number of patches (BEiT / iBOT style);
+`sample_mim_mask` masks, with probability `prob`, a uniformly random fraction of the grid with
+either (INO: with probability 0.5, U(0.1, 0.5) of the 28 x 28 patches). Everything is drawn from
+one PRNG key (the block mask inside a `jax.lax.while_loop`), so they run in a jitted train step,
+vmap over keys, and give the same mask on every device for the same key (INO shares one mask
+across the batch and across devices).
 """
 
 from __future__ import annotations
@@ -117,6 +119,31 @@ def block_mask(
     return mask
 
 
+MASK_STYLES = ("random", "block")
+
+
+def random_mask(key: jax.Array, grid: tuple[int, int], num_masked: jax.Array | int) -> jax.Array:
+    """Exactly `num_masked` patches, a uniformly random subset (the released INO generator).
+
+    Args:
+      key: PRNG key.
+      grid: static (h, w) patch grid.
+      num_masked: number of masked patches in [0, h * w] (may be traced).
+
+    Returns:
+      bool [h, w]; True = masked.
+
+    Raises:
+      ValueError: if grid or a concrete num_masked is invalid.
+    """
+    h, w = _check_grid(grid)
+    if isinstance(num_masked, int) and not 0 <= num_masked <= h * w:
+        raise ValueError(f"num_masked={num_masked}; expected 0..{h * w}")
+    rank = jnp.argsort(jax.random.uniform(key, (h * w,)))  # a random permutation
+    order = jnp.zeros((h * w,), jnp.int32).at[rank].set(jnp.arange(h * w, dtype=jnp.int32))
+    return (order < num_masked).reshape(h, w)
+
+
 def sample_mim_mask(
     key: jax.Array,
     grid: tuple[int, int],
@@ -124,10 +151,12 @@ def sample_mim_mask(
     prob: float = 0.5,
     ratio_range: tuple[float, float] = (0.1, 0.5),
     min_block: int = 4,
+    style: str = "random",
 ) -> jax.Array:
-    """INO's MIM mask: with probability `prob` a block mask of a random fraction of the grid.
+    """INO's MIM mask: with probability `prob`, a random fraction r ~ U(ratio_range) of the grid.
 
-    The fraction r ~ U(ratio_range); the block mask targets round(r * h * w) patches (see
+    style 'random' (the released RandomMaskingGenerator): floor(r * h * w) patches, a uniformly
+    random subset. style 'block': a block mask targeting round(r * h * w) patches (see
     `block_mask`, default aspect range and failure limit). Otherwise nothing is masked.
 
     Args:
@@ -135,14 +164,17 @@ def sample_mim_mask(
       grid: static (h, w) patch grid (INO: 28 x 28 for 224 px at patch 8).
       prob: probability of masking at all, in [0, 1].
       ratio_range: (lo, hi) fraction of patches to mask, 0 <= lo <= hi <= 1.
-      min_block: smallest target area of a rectangle, >= 1.
+      min_block: smallest target area of a rectangle, >= 1 (style 'block').
+      style: 'random' or 'block'.
 
     Returns:
       bool [h, w]; True = masked.
 
     Raises:
-      ValueError: if grid, prob, ratio_range or min_block is invalid.
+      ValueError: if grid, prob, ratio_range, min_block or style is invalid.
     """
+    if style not in MASK_STYLES:
+        raise ValueError(f"style={style!r}; expected one of {MASK_STYLES}")
     h, w = _check_grid(grid)
     if not 0.0 <= prob <= 1.0:
         raise ValueError(f"prob={prob}; expected a probability in [0, 1]")
@@ -153,6 +185,9 @@ def sample_mim_mask(
     k_apply, k_ratio, k_mask = jax.random.split(key, 3)
     apply = jax.random.uniform(k_apply, ()) < prob
     ratio = jax.random.uniform(k_ratio, (), jnp.float32, ratio_range[0], ratio_range[1])
+    if style == "random":
+        num_masked = jnp.floor(ratio * (h * w)).astype(jnp.int32)  # python's int(r * n)
+        return random_mask(k_mask, (h, w), jnp.where(apply, num_masked, 0))
     num_masked = jnp.round(ratio * (h * w)).astype(jnp.int32)
     # A zero target ends the loop at once, so unmasked samples cost nothing.
     return block_mask(k_mask, (h, w), jnp.where(apply, num_masked, 0), min_block=min_block)

@@ -3,10 +3,11 @@
 Per clip of L frames (one global crop G x G and M local crops of every frame, `INOCrops`):
 - out-generative: class tokens of the frame pairs (n, n + L/2): the teacher's two global crops
   against the student's other global crop (g2g) and every local crop of the pair (l2g);
-- in-generative MIM: with probability 0.5 a block-wise mask over U(0.1, 0.5) of the student's
-  patches (one mask per clip, shared by its frames; the released code shares one mask over the
-  whole batch: `config.mim.shared_mask`), mask token in, cross entropy against the unmasked
-  teacher's patch outputs on the masked positions;
+- in-generative MIM: with probability 0.5 a mask over U(0.1, 0.5) of the student's patches
+  (uniformly random patches as the released generator, or block-wise: `config.mim.style`; one
+  mask per clip, shared by its frames; the released code shares one mask over the whole batch:
+  `config.mim.shared_mask`), mask token in, cross entropy against the unmasked teacher's patch
+  outputs on the masked positions;
 - in-generative affinity: teacher vs student affinity of the masked tokens between consecutive
   frames (tau_t 0.04, tau_s 0.1);
 loss = out_weight (g2g + l2g) + mim_weight MIM + affinity_weight affinity (1 : 1 : 1). The teacher
@@ -121,6 +122,11 @@ class INO:
                 f"config.loss.mim_average={cfg.mim_average!r}; expected one of "
                 f"{losses.MIM_AVERAGES}"
             )
+        if config.mim.style not in mask_generator.MASK_STYLES:
+            raise ValueError(
+                f"config.mim.style={config.mim.style!r}; expected one of "
+                f"{mask_generator.MASK_STYLES}"
+            )
         if config.eval.features not in FEATURE_SOURCES:
             raise ValueError(
                 f"config.eval.features={config.eval.features!r}; expected one of {FEATURE_SOURCES}"
@@ -133,7 +139,7 @@ class INO:
         return make_transform(self.config.data)
 
     def _masks(self, rng: jax.Array, batch: int, grid: tuple[int, int]) -> jax.Array:
-        """bool [batch, h, w]: one block-wise MIM mask per clip (or one for all)."""
+        """bool [batch, h, w]: one MIM mask per clip (or one for all), `config.mim.style`."""
         mim = self.config.mim
         key = jax.random.fold_in(rng, MASK_STREAM)
         sample = lambda k: mask_generator.sample_mim_mask(  # noqa: E731
@@ -142,6 +148,7 @@ class INO:
             prob=mim.prob,
             ratio_range=tuple(mim.ratio_range),
             min_block=mim.min_block,
+            style=mim.style,
         )
         if mim.shared_mask:
             return jnp.broadcast_to(sample(key), (batch, *grid))
