@@ -140,3 +140,14 @@ def test_no_decay_1d_spares_norm_scales_and_biases():
         "norm": {"scale": "bias"},
         "dense": {"kernel": "default"},
     }
+
+
+def test_per_tensor_clipping_as_dino_clip_gradients():
+    optim = _optim(name="sgd", lr=1.0, momentum=0.0, grad_clip_norm=1.0, grad_clip_per_tensor=True)
+    tx = optimizers.make_optimizer(optim, 10)
+    params = {"a": jnp.zeros(2), "b": jnp.zeros(2)}
+    # a has norm 5 (clipped to 1 on its own), b norm 0.5 (kept): the global norm would scale both.
+    grads = {"a": jnp.array([3.0, 4.0]), "b": jnp.array([0.3, 0.4])}
+    updates, _ = tx.update(grads, tx.init(params), params)
+    np.testing.assert_allclose(updates["a"], [-3.0 / (5 + 1e-6), -4.0 / (5 + 1e-6)], rtol=1e-6)
+    np.testing.assert_allclose(updates["b"], [-0.3, -0.4], rtol=1e-6)

@@ -13,6 +13,9 @@ Fields of `config.optim` (defaults in `default_config()`):
     the decay follows a cosine from `weight_decay` to `weight_decay_end` (INO: 0.04 -> 0.4);
     for SGD / Adam a nonzero weight_decay is added to the gradient (L2).
   grad_clip_norm: clip gradients by global norm first (0 disables).
+  grad_clip_per_tensor: clip each parameter's gradient to norm `grad_clip_norm` on its own
+    (g * min(1, clip / (||g|| + 1e-6))), as DINO's and INO's `utils.clip_gradients`, instead of
+    by the global norm.
   bias_lr_mult, bias_no_weight_decay: parameter groups; parameters named 'bias' get
     `bias_lr_mult` x the lr and, if set, no weight decay (as Mask-VOS's code).
   no_decay_1d: parameters with at most one axis (norm scales, biases) join the 'bias' group,
@@ -52,6 +55,7 @@ def default_config() -> ml_collections.ConfigDict:
             "weight_decay": 0.0,
             "weight_decay_end": ml_collections.FieldReference(None, field_type=float),
             "grad_clip_norm": 0.0,
+            "grad_clip_per_tensor": False,
             "bias_lr_mult": 1.0,
             "bias_no_weight_decay": False,
             "no_decay_1d": False,
@@ -225,6 +229,19 @@ def make_optimizer(
             lambda params: frozen_labels(params, frozen),
         )
     clip = float(optim.get("grad_clip_norm", 0.0))
-    if clip > 0:
+    if clip > 0 and optim.get("grad_clip_per_tensor", False):
+        tx = optax.chain(clip_by_tensor_norm(clip), tx)
+    elif clip > 0:
         tx = optax.chain(optax.clip_by_global_norm(clip), tx)
     return tx
+
+
+def clip_by_tensor_norm(max_norm: float) -> optax.GradientTransformation:
+    """Scales every gradient leaf g by min(1, max_norm / (||g|| + 1e-6)) on its own (DINO's
+    `utils.clip_gradients`, applied per parameter tensor)."""
+
+    def clip(g: jax.Array) -> jax.Array:
+        norm = jnp.sqrt(jnp.sum(jnp.square(g.astype(jnp.float32))))
+        return g * jnp.minimum(1.0, max_norm / (norm + 1e-6)).astype(g.dtype)
+
+    return optax.stateless(lambda updates, params=None: jax.tree.map(clip, updates))

@@ -12,8 +12,8 @@ g2g + l2g + MIM + affinity at 1 : 1 : 1, tau_t 0.04, tau_s 0.1, centring momentu
 with probability 0.5 over U(0.1, 0.5) of the patches, block-wise; EMA teacher 0.996 -> 1
 (cosine); AdamW, peak lr = base x (clips x L) / 1024 with a linear warm-up and a cosine to
 1e-6 over 25 epochs, weight decay 0.04 -> 0.4 (cosine; none on biases and 1-D parameters),
-gradient clipping 3.0, bf16. Inference: block 7 of the student, short side 480, the 'ino'
-propagation preset.
+gradient clipping 3.0 (per parameter tensor, as the released code), bf16. Inference: block 7
+of the student, short side 480, the 'ino' propagation preset.
 
 Released-code details the paper leaves open (defaults; see vosjax/methods/ino/losses.py):
 --config.loss.center_update ('per_call': each DINOLoss call centres, then moves its centre, as
@@ -154,6 +154,7 @@ def get_config(
     config.optim.bias_no_weight_decay = True
     config.optim.no_decay_1d = True
     config.optim.grad_clip_norm = 3.0
+    config.optim.grad_clip_per_tensor = True  # the released utils.clip_gradients (DINO's)
     config.mixed_precision = not smoke
     config.log_every_steps = 1 if smoke else 100
     config.checkpoint_every_steps = 1 if smoke else 2000
