@@ -153,7 +153,7 @@ def prepare_head(case: cases.Case):
     linears = sorted(
         (int(n.split(".")[1]), shape)
         for n, shape in shapes.items()
-        if n.startswith("mlp.") and n.endswith(".weight")
+        if re.fullmatch(r"mlp\.\d+\.weight", n)
     )
     if not linears:  # nlayers == 1: `mlp` is the Linear itself
         linears = [(0, shapes["mlp.weight"])]
