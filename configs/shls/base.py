@@ -50,7 +50,9 @@ def get_config(
             "width": 8 if smoke else 64,  # backbone channels: layer1 w, layer2 2w, layer3/4 4w
             "blocks": (1, 1, 1, 1) if smoke else (2, 2, 2, 2),
             "superfeature_dim": 8 if smoke else 32,
-            "hidden": 16 if smoke else 128,  # segmentation net channels
+            # The released My_Net widths: SegmenterN decoder 256 (layer2 128), Mem_select 32.
+            "hidden": 16 if smoke else 256,
+            "gate_hidden": 8 if smoke else 32,
         }
     )
     config.loss = ml_collections.ConfigDict(
@@ -85,6 +87,9 @@ def get_config(
             "compactness": 20.0,
             "sigma": 1.0,
             "max_superpixels": 64 if smoke else 512,
+            # Image normalisation: the released training's MSRA10K statistics (config_LT).
+            "mean": (0.4532, 0.4335, 0.3921),
+            "std": (0.3025, 0.2918, 0.3122),
             "num_workers": 0 if smoke else 4,
             "read_threads": 2,  # threads building batches in each reading process
             "prefetch_batches": 4,  # batches built ahead by each reading process
@@ -110,4 +115,10 @@ def get_config(
     config.eval.short_side = None if smoke else 480  # frames resized to this short side
     # 'decoder': the segmentation net (the paper); 'preseg': the kNN pre-segmentation alone.
     config.eval.output = "decoder"
+    # The last prediction the segmenter sees after a predicted frame: 'log_odds' (released)
+    # or 'prob'.
+    config.eval.last_pred = "log_odds"
+    # The released test-time normalisation (config_LT davis_mean / davis_std).
+    config.eval.mean = (0.4512, 0.4448, 0.4111)
+    config.eval.std = (0.2485, 0.2403, 0.2617)
     return config

@@ -253,7 +253,9 @@ def test_attention_features_hand_built():
     )
     center_valid = jnp.asarray([[True, False], [True, True], [False, False]])
     query = jnp.asarray([[0.0, 3.0], [-1.0, 0.0]])
-    out = mc.attention_features(query, bank, centers, center_valid, num_classes=3, absent=-5.0)
+    out = mc.attention_features(
+        query, bank, centers, center_valid, num_classes=3, absent=-5.0, knn_channel="nearest"
+    )
     np.testing.assert_allclose(np.asarray(out.votes), [[0, 1.5, 0], [0, 0.5, 1]])
     np.testing.assert_array_equal(np.asarray(out.knn_label), [1, 2])
     # Query 0 = (0, 1): neighbours of class 1 only (sims 1, 0.6); centroid sims: class 0 -> 0,
@@ -264,10 +266,45 @@ def test_attention_features_hand_built():
     expected_1 = [[-5, 1, -1, 0], [0, 1, 0, -1], [1, 0, -5, 0]]
     expected = np.array([expected_0, expected_1], np.float32)
     np.testing.assert_allclose(np.asarray(out.features), expected, atol=1e-6)
-    default = mc.attention_features(query, bank, centers, center_valid, num_classes=3)
-    np.testing.assert_allclose(
-        np.asarray(default.features), np.where(expected == -5, 0.0, expected), atol=1e-6
+    nearest = mc.attention_features(
+        query, bank, centers, center_valid, num_classes=3, knn_channel="nearest"
     )
+    np.testing.assert_allclose(
+        np.asarray(nearest.features), np.where(expected == -5, 0.0, expected), atol=1e-6
+    )
+    # The default kNN channel is the released dist_per_class2: query 0's class 1 gets
+    # (1 x 1 + 0.5 x 0.6) / 1.5; query 1's class 1 (found at rank 2, sim 0) gets 0 and its
+    # class 2 (rank 1, sim 1) 1 / 1.5. The other channels are unchanged.
+    released = mc.attention_features(query, bank, centers, center_valid, num_classes=3)
+    knn = np.array([[0, 1.3 / 1.5, 0], [0, 0, 1 / 1.5]])
+    np.testing.assert_allclose(np.asarray(released.features[..., 0]), knn, atol=1e-6)
+    contrast = np.array([[1.3 / 1.5, 0, 1.3 / 1.5], [1 / 1.5, 1 / 1.5, 0]])
+    np.testing.assert_allclose(np.asarray(released.features[..., 1]), contrast, atol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(released.features[..., 2:]),
+        np.where(expected == -5, 0.0, expected)[..., 2:],
+        atol=1e-6,
+    )
+
+
+def test_knn_class_similarity_sorts_before_weighting():
+    # Memory: class 0 at (1, 0), class 1 at (0.6, 0.8) and (0, 1); query (1, 0).
+    bank = mc.write_memory(
+        mc.init_memory(4, 2),
+        jnp.asarray([[1.0, 0.0], [0.6, 0.8], [0.0, 1.0]]),
+        jnp.asarray([0, 1, 1]),
+        jnp.ones(3, bool),
+        num_fixed=0,
+    )
+    label, sim = mc.knn_class_similarity(jnp.asarray([[1.0, 0.0], [0.0, 2.0]]), bank, 2)
+    np.testing.assert_array_equal(np.asarray(label), [0, 1])
+    # Query 0: neighbours (class 0, 1.0), (class 1, 0.6). Class 1 is only at rank 2, but its
+    # masked similarities (0, 0.6) are sorted first: weight 1, not 0.5.
+    # Query 1: neighbours (class 1, 1.0), (class 1, 0.8): (1 + 0.4) / 1.5.
+    np.testing.assert_allclose(np.asarray(sim), [[1 / 1.5, 0.6 / 1.5], [0, 1.4 / 1.5]], atol=1e-6)
+    # With weights (1, 0.5) the label is always the nearest neighbour's.
+    label3, _ = mc.knn_class_similarity(jnp.asarray([[0.7, 0.71]]), bank, 2, k=3)
+    np.testing.assert_array_equal(np.asarray(label3), [1])
 
 
 def test_knn_label_is_minus_one_without_memory():

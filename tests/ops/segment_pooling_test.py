@@ -53,9 +53,10 @@ def test_segment_mean_gradient_is_one_over_count():
     np.testing.assert_allclose(np.asarray(grad), np.repeat(expected[..., None], C, -1), rtol=1e-6)
 
 
-def test_info_map_matches_numpy():
+@pytest.mark.parametrize("convention", ["released", "centres"])
+def test_info_map_matches_numpy(convention):
     _, labels = _example(1)
-    info = np.asarray(segment_pooling.info_map(jnp.asarray(labels), S))
+    info = np.asarray(segment_pooling.info_map(jnp.asarray(labels), S, convention))
     assert info.shape == (H, W, 3)
     for y in range(H):
         for x in range(W):
@@ -64,14 +65,28 @@ def test_info_map_matches_numpy():
                 np.testing.assert_array_equal(info[y, x], 0.0)
                 continue
             ys, xs = np.nonzero(labels == s)
-            expected = [len(ys) / (H * W), xs.mean() / W, ys.mean() / H]
+            if convention == "released":
+                expected = [len(ys) / (H * W), ys.mean() / (H - 1), xs.mean() / (W - 1)]
+            else:
+                expected = [len(ys) / (H * W), xs.mean() / W, ys.mean() / H]
             np.testing.assert_allclose(info[y, x], expected, rtol=1e-6)
 
 
-def test_info_map_known_halves():
+def test_info_map_released_is_size_mean_row_mean_column():
+    # The released spx_info_map: row before column (its names say x then y), / (side - 1).
+    labels = np.zeros((4, 6), np.int32)
+    labels[:, 3:] = 1
+    labels[3, :] = 2
+    info = np.asarray(segment_pooling.info_map(jnp.asarray(labels), 3))
+    np.testing.assert_allclose(info[0, 0], [9 / 24, 1.0 / 3, 1.0 / 5], rtol=1e-6)
+    np.testing.assert_allclose(info[0, 5], [9 / 24, 1.0 / 3, 4.0 / 5], rtol=1e-6)
+    np.testing.assert_allclose(info[3, 0], [6 / 24, 1.0, 2.5 / 5], rtol=1e-6)
+
+
+def test_info_map_centres_known_halves():
     labels = np.zeros((4, 4), np.int32)
     labels[:, 2:] = 1
-    info = np.asarray(segment_pooling.info_map(jnp.asarray(labels), 2))
+    info = np.asarray(segment_pooling.info_map(jnp.asarray(labels), 2, "centres"))
     np.testing.assert_allclose(info[0, 0], [0.5, 0.5 / 4, 1.5 / 4])
     np.testing.assert_allclose(info[3, 3], [0.5, 2.5 / 4, 1.5 / 4])
 

@@ -84,3 +84,18 @@ def test_bad_shapes_raise():
         soft_aggregation.soft_aggregate(jnp.zeros((4, 5)), jnp.ones(4, bool))
     with pytest.raises(ValueError, match="object_valid"):
         soft_aggregation.soft_aggregate(jnp.zeros((2, 4, 5)), jnp.ones(3, bool))
+
+
+def test_ratio_odds_is_the_released_float32_formula_with_its_asymmetric_clamps():
+    probs = jnp.asarray([[[0.0, 1.0, 0.3, 1e-3]]])  # one object, 4 pixels
+    logits = soft_aggregation.soft_aggregate_logits(probs, jnp.asarray([True]), odds="ratio")
+    p = np.asarray(probs, np.float32)
+    em = np.concatenate([1 - p, p]).astype(np.float32)
+    em = np.clip(em, np.float32(1e-7), np.float32(1 - 1e-7))
+    np.testing.assert_allclose(logits, np.log(em / (1 - em)), rtol=1e-6)
+    # 1 - 1e-7 rounds to 0.99999988 in float32: +15.9424 at the top, -16.1181 at the bottom.
+    np.testing.assert_allclose(logits[1, 0, :2], [-16.1181, 15.9424], atol=1e-3)
+    default = soft_aggregation.soft_aggregate_logits(probs, jnp.asarray([True]))
+    np.testing.assert_allclose(default, logits, atol=2e-3)
+    with pytest.raises(ValueError, match="odds"):
+        soft_aggregation.soft_aggregate_logits(probs, jnp.asarray([True]), odds="logit")

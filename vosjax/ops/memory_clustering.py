@@ -229,16 +229,83 @@ def knn_votes(
     return votes, jnp.where(jnp.isfinite(best), best, -1.0)
 
 
+@functools.partial(jax.jit, static_argnames=("num_classes", "k"))
+def knn_class_similarity(
+    query: jax.Array,
+    bank: MemoryBank,
+    num_classes: int,
+    k: int = 2,
+    ratio: float | jax.Array = 0.5,
+) -> tuple[jax.Array, jax.Array]:
+    """The released SHLS kNN (`FaissKNeighbors.predict` with `dist_per_class2`).
+
+    With the k nearest valid rows by cosine similarity (nearest first) and weights
+    w_i = ratio**i:
+    - the label is the weighted mode of the neighbours' labels (sklearn `weighted_mode`: the
+      lowest class on ties), i.e. with k = 2 and ratio < 1 always the nearest one's label;
+    - the similarity to class c is sum_i w_i v_i / sum_i w_i, where v = the neighbours'
+      similarities with those of other classes set to 0, SORTED in decreasing order before
+      the weighting. A class found only at rank 2 therefore gets weight 1 (not ratio), and
+      negative similarities of class c sort below the zeros of the other classes.
+
+    Args:
+      query: [S, D].
+      bank: a `MemoryBank` of capacity C >= k with at least k valid rows.
+      num_classes: K, static.
+      k: the number of neighbours, static.
+      ratio: the weight decay r.
+
+    Returns:
+      (label int32 [S] in [0, K), -1 without a valid neighbour; similarity float32 [S, K]).
+
+    Raises:
+      ValueError: naming the argument whose shape or value is out of range.
+    """
+    _check_knn(query, bank, num_classes, k)
+    sim = jnp.matmul(
+        affinity.l2_normalize(query), affinity.l2_normalize(bank.features).T, precision=_HIGHEST
+    )
+    sim = jnp.where(bank.valid[None, :], sim, -jnp.inf)
+    top_sim, top_index = lax.top_k(sim, k)  # [S, k]
+    found = jnp.take(bank.valid, top_index)
+    labels = jnp.where(found, jnp.take(bank.labels, top_index), -1)
+    decay = jnp.full((k - 1,), ratio, jnp.float32)
+    weights = jnp.concatenate([jnp.ones((1,), jnp.float32), jnp.cumprod(decay)])
+    member = labels[..., None] == jnp.arange(num_classes)  # [S, k, K]
+    votes = jnp.einsum("skc,k->sc", member.astype(jnp.float32), weights, precision=_HIGHEST)
+    label = jnp.where(jnp.any(found, -1), jnp.argmax(votes, -1), -1).astype(jnp.int32)
+    masked = jnp.where(member & found[..., None], top_sim[..., None], 0.0)
+    ordered = -jnp.sort(-masked, axis=1)  # decreasing along the neighbours
+    similarity = jnp.einsum("skc,k->sc", ordered, weights, precision=_HIGHEST) / jnp.sum(weights)
+    return label, similarity
+
+
+def centroid_similarity(query: jax.Array, centers: jax.Array) -> jax.Array:
+    """[S, D] queries, [K, m, D] centres -> [S, K]: the largest inner product of each
+    L2-normalised query with the (unnormalised) centres of each class (faiss IndexFlatIP)."""
+    sim = jnp.einsum("sd,kmd->skm", affinity.l2_normalize(query), centers, precision=_HIGHEST)
+    return jnp.max(sim, axis=-1)
+
+
 def _spherical_kmeans_run(
-    key: jax.Array, points: jax.Array, valid: jax.Array, num_clusters: int, num_iters: int
+    key: jax.Array,
+    points: jax.Array,
+    valid: jax.Array,
+    num_clusters: int,
+    num_iters: int,
+    init_centers: jax.Array | None = None,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """One run on unit points: (centers [K, D], center_valid [K], total similarity)."""
-    # K distinct valid points, uniformly at random: the K largest of uniform scores (invalid
-    # points score -1 and are picked only when fewer than K points are valid).
-    scores = jnp.where(valid, jax.random.uniform(key, valid.shape), -1.0)
-    top_scores, chosen = lax.top_k(scores, num_clusters)
-    center_valid = top_scores >= 0.0
-    centers = jnp.where(center_valid[:, None], points[chosen], 0.0)
+    if init_centers is None:
+        # K distinct valid points, uniformly at random: the K largest of uniform scores
+        # (invalid points score -1 and are picked only when fewer than K points are valid).
+        scores = jnp.where(valid, jax.random.uniform(key, valid.shape), -1.0)
+        top_scores, chosen = lax.top_k(scores, num_clusters)
+        center_valid = top_scores >= 0.0
+        centers = jnp.where(center_valid[:, None], points[chosen], 0.0)
+    else:
+        centers = jnp.asarray(init_centers, jnp.float32)
+        center_valid = jnp.ones((num_clusters,), bool)
 
     def similarities(centers: jax.Array) -> jax.Array:
         sim = jnp.matmul(points, centers.T, precision=_HIGHEST)  # [N, K]
@@ -266,6 +333,7 @@ def spherical_kmeans(
     num_clusters: int,
     num_iters: int,
     num_restarts: int = 1,
+    init_centers: jax.Array | None = None,
 ) -> tuple[jax.Array, jax.Array]:
     """Cosine k-means: points and centres on the unit sphere, assigned by largest dot product.
 
@@ -277,6 +345,10 @@ def spherical_kmeans(
     `jax.random.split(key, R)[r]` and the run with the largest total similarity (sum over
     valid points of the dot product with their centre) is returned; one restart uses `key`.
 
+    With `init_centers` every run starts from them (faiss `Kmeans.train(init_centroids=...)`:
+    all restarts then give the same result, so one run is made and `key` is unused): the
+    released SHLS's memory update refits each class from its previous centroids.
+
     Args:
       key: a PRNG key.
       points: [N, D].
@@ -284,6 +356,7 @@ def spherical_kmeans(
       num_clusters: K, static, 1 <= K <= N.
       num_iters: static, >= 0.
       num_restarts: static, >= 1.
+      init_centers: [K, D] starting centres (used as given), or None for random points.
 
     Returns:
       (centers float32 [K, D], unit rows, zero rows where invalid; center_valid bool [K]:
@@ -304,6 +377,11 @@ def spherical_kmeans(
         raise ValueError(f"num_iters: expected >= 0, got {num_iters}")
     if num_restarts < 1:
         raise ValueError(f"num_restarts: expected >= 1, got {num_restarts}")
+    if init_centers is not None and init_centers.shape != (num_clusters, points.shape[1]):
+        raise ValueError(
+            f"init_centers: expected shape {(num_clusters, points.shape[1])}, got "
+            f"{init_centers.shape}"
+        )
     points = affinity.l2_normalize(points)
     valid = jnp.asarray(valid, bool)
     run = functools.partial(
@@ -312,8 +390,9 @@ def spherical_kmeans(
         valid=valid,
         num_clusters=num_clusters,
         num_iters=num_iters,
+        init_centers=init_centers,
     )
-    if num_restarts == 1:
+    if num_restarts == 1 or init_centers is not None:
         centers, center_valid, _ = run(key)
         return centers, center_valid
     centers, center_valid, objective = jax.vmap(run)(jax.random.split(key, num_restarts))
@@ -377,7 +456,10 @@ def _max_over_others(per_class: jax.Array) -> jax.Array:
     return jnp.max(jnp.where(others, per_class[:, None, :], -jnp.inf), axis=-1)
 
 
-@functools.partial(jax.jit, static_argnames=("num_classes", "k"))
+KNN_CHANNELS = ("released", "nearest")
+
+
+@functools.partial(jax.jit, static_argnames=("num_classes", "k", "knn_channel"))
 def attention_features(
     query: jax.Array,
     bank: MemoryBank,
@@ -387,12 +469,16 @@ def attention_features(
     k: int = 2,
     ratio: float | jax.Array = 0.5,
     absent: float | jax.Array = 0.0,
+    knn_channel: str = "released",
 ) -> Attention:
     """The SHLS attention channels of each query superfeature for each class.
 
-    With knn_sim from `knn_votes` and cosine similarities to the class centroids, channel
+    With a per-class kNN similarity and cosine similarities to the class centroids, channel
 
-    - 0: knn_sim[s, c], the largest similarity among the k neighbours of class c;
+    - 0: the kNN similarity to class c: with knn_channel='released' (default) the released
+      `dist_per_class2` (`knn_class_similarity`: the neighbours' similarities, other classes
+      zeroed, sorted, weighted by ratio**i / sum); with 'nearest' knn_sim[s, c] of
+      `knn_votes`, the largest similarity among the k neighbours of class c;
     - 1: max over c' != c of knn_sim[s, c'];
     - 2: the largest similarity to a valid centroid of class c;
     - 3: the largest similarity to a valid centroid of a class c' != c;
@@ -412,9 +498,12 @@ def attention_features(
       k: the number of neighbours, static.
       ratio: the kNN vote weight decay.
       absent: the value of a channel with nothing to compare with.
+      knn_channel: 'released' or 'nearest' (above).
 
     Returns:
-      An `Attention` (features [S, K, 4], votes [S, K], knn_label [S]).
+      An `Attention` (features [S, K, 4], votes [S, K], knn_label [S]; the label is the
+      argmax of the votes, which with ratio < 1 is the nearest neighbour's label as the
+      released weighted mode gives).
 
     Raises:
       ValueError: naming the argument whose shape or value is out of range.
@@ -429,8 +518,13 @@ def attention_features(
         raise ValueError(
             f"center_valid: expected shape [K, m] = {centers.shape[:2]}, got {center_valid.shape}"
         )
+    if knn_channel not in KNN_CHANNELS:
+        raise ValueError(f"knn_channel={knn_channel!r}: expected one of {KNN_CHANNELS}")
     votes, knn_own = _knn(query, bank, num_classes, k, ratio)
     has_neighbour = jnp.any(jnp.isfinite(knn_own), axis=-1)
+    if knn_channel == "released":
+        _, released = knn_class_similarity(query, bank, num_classes, k, ratio)
+        knn_own = jnp.where(has_neighbour[:, None], released, -jnp.inf)
     knn_label = jnp.where(has_neighbour, jnp.argmax(votes, axis=-1), -1).astype(jnp.int32)
 
     unit_centers = affinity.l2_normalize(centers)

@@ -2,7 +2,7 @@
 
 SHLS (Mendonca et al., BMVC 2023) works on superpixels: per-pixel features are mean-pooled
 inside each superpixel into a "superfeature", the per-pixel features carry an "info map" of
-their superpixel (its size, mean x, mean y), each superpixel's training label is the majority
+their superpixel (its size, mean row, mean column), each superpixel's training label is the majority
 pseudo-label of its pixels, and per-superpixel values (attention channels) are painted back
 onto the pixels. Every function here takes a superpixel label map `labels`, int32 [H, W], with
 ids in [0, S); pixels whose id lies outside [0, S) (e.g. -1 for "no superpixel") belong to no
@@ -90,41 +90,62 @@ def segment_mean(
     return means, counts > 0
 
 
-@functools.partial(jax.jit, static_argnames="num_segments")
-def info_map(labels: jax.Array, num_segments: int) -> jax.Array:
-    """The SHLS superpixel "info map": each pixel's segment size and centroid.
+INFO_CONVENTIONS = ("released", "centres")
 
-    Coordinates are pixel indices (x = column in [0, W), y = row in [0, H)).
+
+@functools.partial(jax.jit, static_argnames=("num_segments", "convention"))
+def segment_info(labels: jax.Array, num_segments: int, convention: str = "released") -> jax.Array:
+    """Each segment's SHLS "info": its size and centroid, normalised.
 
     Args:
       labels: int [H, W], segment ids; ids outside [0, S) are ignored.
       num_segments: S, static.
+      convention: 'released' (the released `spx_info_map`, default): (number of pixels /
+        (H W), mean row index / (H - 1), mean column index / (W - 1)), row before column
+        although its names say x then y; 'centres': (number of pixels / (H W), mean column
+        / W, mean row / H) with indices as they were (pixel indices, not centres).
 
     Returns:
-      float32 [H, W, 3]: per pixel, its segment's (number of pixels / (H * W), mean x / W,
-      mean y / H); 0 for pixels outside every segment.
+      float32 [S, 3]; 0 for empty segments.
 
     Raises:
-      ValueError: naming `labels` or `num_segments` when malformed.
+      ValueError: naming `labels`, `num_segments` or `convention` when malformed.
     """
     _check_labels(labels, num_segments)
+    if convention not in INFO_CONVENTIONS:
+        raise ValueError(f"convention={convention!r}: expected one of {INFO_CONVENTIONS}")
     height, width = labels.shape
     ys, xs = jnp.meshgrid(
         jnp.arange(height, dtype=jnp.float32), jnp.arange(width, dtype=jnp.float32), indexing="ij"
     )
+    if convention == "released":
+        # torch: arange(h) / (h - 1) per pixel, then the mean over the segment's pixels.
+        coords = [ys / max(height - 1, 1), xs / max(width - 1, 1)]
+    else:
+        coords = [xs / width, ys / height]
     ones = jnp.ones((height, width), jnp.float32)
-    sums = _segment_sum(jnp.stack([ones, xs, ys], axis=-1), labels, num_segments)  # [S, 3]
+    sums = _segment_sum(jnp.stack([ones, *coords], axis=-1), labels, num_segments)  # [S, 3]
     counts = sums[:, 0]
     means = sums[:, 1:] / jnp.maximum(counts, 1.0)[:, None]
-    per_segment = jnp.concatenate(
-        [
-            counts[:, None] / (height * width),
-            means[:, :1] / width,
-            means[:, 1:] / height,
-        ],
-        axis=-1,
-    )
-    return paint(per_segment, labels)
+    return jnp.concatenate([counts[:, None] / (height * width), means], axis=-1)
+
+
+@functools.partial(jax.jit, static_argnames=("num_segments", "convention"))
+def info_map(labels: jax.Array, num_segments: int, convention: str = "released") -> jax.Array:
+    """The SHLS superpixel "info map": each pixel gets its segment's `segment_info`.
+
+    Args:
+      labels: int [H, W], segment ids; ids outside [0, S) are ignored.
+      num_segments: S, static.
+      convention: see `segment_info` ('released' by default).
+
+    Returns:
+      float32 [H, W, 3]; 0 for pixels outside every segment.
+
+    Raises:
+      ValueError: naming `labels`, `num_segments` or `convention` when malformed.
+    """
+    return paint(segment_info(labels, num_segments, convention), labels)
 
 
 @jax.jit

@@ -12,17 +12,23 @@ Pure, float32, jittable and vmappable (over frames or a batch).
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
 # Logit of absent objects: finite, so that a one-hot cross-entropy multiplies 0 by a finite
 # log-probability (not by -inf, which gives NaN); exp() of it is exactly 0.
 _ABSENT_LOGIT = -1e30
+ODDS = ("log1p", "ratio")
 
 
-@jax.jit
+@functools.partial(jax.jit, static_argnames="odds")
 def soft_aggregate_logits(
-    object_probs: jax.Array, object_valid: jax.Array, eps: float | jax.Array = 1e-7
+    object_probs: jax.Array,
+    object_valid: jax.Array,
+    eps: float | jax.Array = 1e-7,
+    odds: str = "log1p",
 ) -> jax.Array:
     """The aggregated log-odds: softmax of them over axis 0 is `soft_aggregate`.
 
@@ -34,15 +40,23 @@ def soft_aggregate_logits(
     Args:
       object_probs: [K, H, W], each object's foreground probability, in [0, 1].
       object_valid: bool [K], False for padding object slots.
-      eps: the clip of the probabilities before the logit, in (0, 0.5).
+      eps: the clip of the probabilities before the logit, in (0, 0.5). It is applied in
+        float32: 1 - 1e-7 rounds to 0.99999988, so the upper clip gives +15.94 and the lower
+        one -16.12 (as the released code's float32 `torch.clamp`).
+      odds: how the log-odds are computed: 'log1p' = log(p) - log1p(-p) (accurate near 1),
+        'ratio' = log(p / (1 - p)) in float32, the released SHLS `soft_aggregation`'s
+        formula (it differs by float32 rounding only, up to ~1e-2 where p is within ~1e-5
+        of 0 or 1).
 
     Returns:
       float32 [K + 1, H, W], channel 0 the background, channel k + 1 object k; -1e30 for
       invalid objects.
 
     Raises:
-      ValueError: naming `object_probs` or `object_valid` on a bad shape.
+      ValueError: naming `object_probs`, `object_valid` or `odds` when malformed.
     """
+    if odds not in ODDS:
+        raise ValueError(f"odds={odds!r}: expected one of {ODDS}")
     if object_probs.ndim != 3:
         raise ValueError(f"object_probs: expected [K, H, W], got shape {object_probs.shape}")
     if object_valid.shape != object_probs.shape[:1]:
@@ -53,7 +67,10 @@ def soft_aggregate_logits(
     probs = jnp.where(valid, jnp.asarray(object_probs, jnp.float32), 0.0)
     background = jnp.prod(1.0 - probs, axis=0, keepdims=True)
     clipped = jnp.clip(jnp.concatenate([background, probs], axis=0), eps, 1.0 - eps)
-    logits = jnp.log(clipped) - jnp.log1p(-clipped)
+    if odds == "ratio":
+        logits = jnp.log(clipped / (1.0 - clipped))
+    else:
+        logits = jnp.log(clipped) - jnp.log1p(-clipped)
     channel_valid = jnp.concatenate([jnp.ones((1, 1, 1), bool), valid], axis=0)
     return jnp.where(channel_valid, logits, _ABSENT_LOGIT)
 

@@ -70,6 +70,11 @@ def test_switching_a_loss_off_drops_its_term_and_its_gradient():
     config.batch_size = 2
     shls = method.SHLS(config)
     model = shls.build_model(config, nnx.Rngs(0))
+    # The released sf_conv_1x1 ends in a ReLU: with a negative weight most superfeatures are
+    # exactly 0 and the backbone gets no gradient at all. Positive weights, no bias: alive.
+    fuse = model.superfeatures.fuse
+    fuse.kernel[...] = jnp.abs(fuse.kernel[...]) + 0.1
+    fuse.bias[...] = jnp.zeros_like(fuse.bias[...])
     batch = jax.tree.map(jnp.asarray, _batch(config))
 
     def loss(module):
@@ -163,6 +168,9 @@ def test_preseg_output_on_a_static_video_is_the_first_mask_snapped_to_superpixel
     config.eval.output = "preseg"
     shls = method.SHLS(config)
     model = shls.build_model(config, nnx.Rngs(0))
+    fuse = model.superfeatures.fuse  # no dead superfeatures (see above)
+    fuse.kernel[...] = jnp.abs(fuse.kernel[...]) + 0.1
+    fuse.bias[...] = jnp.zeros_like(fuse.bias[...])
     rng = np.random.default_rng(1)
     frame = rng.integers(0, 256, (32, 44, 3), dtype=np.uint8)
     frame[4:20, 6:22] = (250, 30, 30)

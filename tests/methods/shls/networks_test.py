@@ -1,5 +1,6 @@
-"""Tests of SHLS's networks: backbone strides, masked batch norm of the superfeature head, the
-segmenter's memory-select gate, numpy references, parameter counts, jit and gradients."""
+"""Tests of SHLS's networks: backbone strides, the superfeature head's scalar BatchNorm1d(1) and
+zero rows, the memory-select channel softmax, SegmenterN, numpy references, parameter counts,
+jit and gradients."""
 
 import jax
 import jax.numpy as jnp
@@ -61,23 +62,18 @@ def _head() -> superfeatures.SuperfeatureHead:
     )
 
 
-def _segmenter(seed=2) -> segmenter_net.SegmentationNet:
+def _gate(seed=2) -> segmenter_net.MemorySelect:
     return _materialise(
-        lambda: segmenter_net.SegmentationNet(
-            L1_DIM, L4_DIM, attention_dim=ATT, hidden=HIDDEN, rngs=nnx.Rngs(0)
-        ),
+        lambda: segmenter_net.MemorySelect(L1_DIM, L4_DIM, ATT, hidden=8, rngs=nnx.Rngs(0)),
         seed=seed,
     )
 
 
-def _segmenter_inputs(seed=0) -> dict[str, jnp.ndarray]:
-    return {
-        "cur_l4": _normal((B, H // 4, W // 4, L4_DIM), seed),
-        "prev_l4": _normal((B, H // 4, W // 4, L4_DIM), seed + 1),
-        "l1": _normal((B, H // 2, W // 2, L1_DIM), seed + 2),
-        "attention": _normal((B, H, W, ATT), seed + 3),
-        "prev_mask": jnp.asarray(np.random.default_rng(seed + 4).uniform(size=(B, H, W))),
-    }
+def _segmenter(seed=3) -> segmenter_net.SegmenterN:
+    return _materialise(
+        lambda: segmenter_net.SegmenterN(L1_DIM, L4_DIM, ATT, width=HIDDEN, rngs=nnx.Rngs(0)),
+        seed=seed,
+    )
 
 
 # ---------------------------------------------------------------- backbone
@@ -184,242 +180,262 @@ def _head_inputs(seed=0):
     rng = np.random.default_rng(seed)
     l1 = rng.normal(size=(B, 6, L1_DIM)) + 0.5
     l4 = rng.normal(size=(B, 6, L4_DIM)) * 2.0
-    valid = np.array([[1, 1, 1, 1, 0, 0], [1, 1, 1, 0, 0, 0]], bool)
-    return l1, l4, valid
+    l1_valid = np.array([[1, 1, 1, 1, 0, 0], [1, 1, 1, 0, 0, 0]], bool)
+    l4_valid = np.array([[1, 0, 1, 1, 0, 0], [1, 1, 0, 0, 0, 0]], bool)  # small ones vanish
+    return l1, l4, l1_valid, l4_valid
 
 
 def _np(x) -> np.ndarray:
     return np.asarray(x[...], np.float64)
 
 
-def _head_reference(head, l1, l4, valid):
-    """The head in float64 numpy, train mode: batch statistics over the valid rows only."""
+def _scalar_bn(y, norm):
+    """Eval-mode BatchNorm1d(1): one scalar affine map for all dimensions."""
+    mean, var = _np(norm.mean)[0], _np(norm.var)[0]
+    return (y - mean) / np.sqrt(var + 1e-5) * _np(norm.scale)[0] + _np(norm.bias)[0]
 
-    def branch(x, proj, norm):
-        y = x @ _np(proj.kernel) + _np(proj.bias)
-        rows = y[valid]
-        mean, var = rows.mean(axis=0), rows.var(axis=0)
-        y = (y - mean) / np.sqrt(var + 1e-5) * _np(norm.scale) + _np(norm.bias)
-        return np.maximum(y, 0), mean, var
 
-    a, mean1, var1 = branch(l1, head.l1_proj, head.l1_norm)
-    b, mean4, var4 = branch(l4, head.l4_proj, head.l4_norm)
-    w = _np(head.fuse.kernel)[:, 0]
-    out = np.maximum(w[0] * a + w[1] * b + _np(head.fuse.bias)[0], 0)
-    return np.where(valid[..., None], out, 0), (mean1, var1, mean4, var4)
+def _head_reference(head, l1, l4, l1_valid, l4_valid):
+    """The released head in float64 numpy, eval mode, with zero rows for absent superpixels."""
+    a = np.maximum(_scalar_bn(l1 @ _np(head.l1_proj.kernel) + _np(head.l1_proj.bias),
+                              head.l1_norm), 0) * l1_valid[..., None]  # fmt: skip
+    b = np.maximum(_scalar_bn(l4 @ _np(head.l4_proj.kernel) + _np(head.l4_proj.bias),
+                              head.l4_norm), 0) * l4_valid[..., None]  # fmt: skip
+    w = _np(head.fuse.kernel).reshape(2)
+    return np.maximum(w[0] * a + w[1] * b + _np(head.fuse.bias)[0], 0), a, b
+
+
+def _set_stats(head):
+    for norm, (m, v) in ((head.l1_norm, (0.3, 2.5)), (head.l4_norm, (-0.2, 0.4))):
+        norm.mean[...] = jnp.full((1,), m)
+        norm.var[...] = jnp.full((1,), v)
 
 
 def test_head_parameter_count():
-    # Linear 67 -> 32, Linear 259 -> 32 (kernels + biases), two BN (scale + bias), 1x1 conv 2 -> 1.
-    expected = (67 * 32 + 32) + (259 * 32 + 32) + 2 * 2 * 32 + 3
-    assert expected == 10_627
+    # Linear 67 -> 32, Linear 259 -> 32 (kernels + biases), two BatchNorm1d(1) (scale + bias:
+    # 1 each), 1x1 conv 2 -> 1 (2 + 1).
+    expected = (67 * 32 + 32) + (259 * 32 + 32) + 2 * 2 + 3
+    assert expected == 10_503
     assert _count(lambda: superfeatures.SuperfeatureHead(67, 259, rngs=nnx.Rngs(0))) == expected
 
 
-def test_head_matches_numpy_reference_and_updates_running_stats():
+def test_head_batch_norm_is_one_scalar_affine_map():
     head = _head()
-    l1, l4, valid = _head_inputs()
-    out = head(jnp.asarray(l1), jnp.asarray(l4), jnp.asarray(valid), train=True)
-    assert out.shape == (B, 6, DIM) and out.dtype == jnp.float32
-    expected, (mean1, var1, mean4, var4) = _head_reference(head, l1, l4, valid)
-    np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-5)
-    assert np.count_nonzero(expected) > 0
-    np.testing.assert_allclose(head.l1_norm.mean[...], 0.1 * mean1, rtol=1e-4, atol=1e-6)
-    np.testing.assert_allclose(head.l1_norm.var[...], 0.9 + 0.1 * var1, rtol=1e-4, atol=1e-6)
-    np.testing.assert_allclose(head.l4_norm.mean[...], 0.1 * mean4, rtol=1e-4, atol=1e-6)
-    np.testing.assert_allclose(head.l4_norm.var[...], 0.9 + 0.1 * var4, rtol=1e-4, atol=1e-6)
+    _set_stats(head)
+    assert head.l1_norm.scale[...].shape == (1,) and head.l1_norm.mean[...].shape == (1,)
+    l1, l4, l1_valid, l4_valid = _head_inputs()
+    args = [jnp.asarray(v) for v in (l1, l4, l1_valid, l4_valid)]
+    out = head(*args, train=False)
+    expected, a, b = _head_reference(head, l1, l4, l1_valid, l4_valid)
+    np.testing.assert_allclose(out, expected * l1_valid[..., None], rtol=1e-4, atol=1e-5)
+    branches = head.branches(*args, train=False)
+    np.testing.assert_allclose(branches[..., 0], a, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(branches[..., 1], b, rtol=1e-4, atol=1e-5)
+    # A per-dimension BatchNorm (the former head) would differ: the stats are scalars.
+    assert np.count_nonzero(a) > 0 and np.count_nonzero(b) > 0
 
 
-def test_head_ignores_garbage_in_invalid_rows():
-    l1, l4, valid = _head_inputs()
+def test_head_absent_superpixel_gets_a_zero_branch_row_not_relu_of_bn():
+    head = _head()
+    _set_stats(head)
+    # Make ReLU(BN(bias)) clearly positive: an absent row must still be exactly 0.
+    head.l4_norm.bias[...] = jnp.full((1,), 5.0)
+    l1, l4, l1_valid, l4_valid = _head_inputs()
+    args = [jnp.asarray(v) for v in (l1, l4, l1_valid, l4_valid)]
+    branches = np.asarray(head.branches(*args, train=False))
+    np.testing.assert_array_equal(branches[0, 1, :, 1], 0)  # in L1, absent from the /4 map
+    assert (branches[0, 0, :, 1] > 0).any()
+    # Listed rows with both branches zero get ReLU(conv bias); rows after the list are 0.
+    head.fuse.bias[...] = jnp.full((1,), 0.25)
+    listed = jnp.asarray(np.arange(6)[None, :] <= np.array([[4], [2]]))
+    out = np.asarray(head(*args, listed, train=False))
+    np.testing.assert_allclose(out[0, 4], 0.25)  # listed, no pixel
+    np.testing.assert_array_equal(out[0, 5], 0)  # after the largest id
+    np.testing.assert_array_equal(out[1, 3:], 0)
+
+
+def test_head_train_mode_standardises_each_row_and_updates_per_row():
+    head = _head()
+    l1, l4, l1_valid, l4_valid = _head_inputs()
+    args = [jnp.asarray(v) for v in (l1, l4, l1_valid, l4_valid)]
+    branches = np.asarray(head.branches(*args, train=True))
+    y = l1 @ _np(head.l1_proj.kernel) + _np(head.l1_proj.bias)  # [B, S, D]
+    mean, var = y.mean(-1, keepdims=True), y.var(-1, keepdims=True)
+    s, b = _np(head.l1_norm.scale)[0], _np(head.l1_norm.bias)[0]
+    expected = np.maximum((y - mean) / np.sqrt(var + 1e-5) * s + b, 0) * l1_valid[..., None]
+    np.testing.assert_allclose(branches[..., 0], expected, rtol=1e-4, atol=1e-5)
+    # torch runs the head once per superpixel: m <- 0.9 m + 0.1 mean_row, valid rows in order.
+    m, v = 0.0, 1.0
+    d = y.shape[-1]
+    for row_mean, row_var in zip(mean[l1_valid][:, 0], var[l1_valid][:, 0], strict=True):
+        m = 0.9 * m + 0.1 * row_mean
+        v = 0.9 * v + 0.1 * row_var * d / (d - 1)
+    np.testing.assert_allclose(head.l1_norm.mean[...], [m], rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(head.l1_norm.var[...], [v], rtol=1e-4, atol=1e-6)
+
+
+def test_head_ignores_garbage_in_absent_rows():
+    l1, l4, l1_valid, l4_valid = _head_inputs()
+    l1_dirty, l4_dirty = l1.copy(), l4.copy()
+    l1_dirty[~l1_valid] = 1e4
+    l4_dirty[~l4_valid] = np.nan
     clean_head, dirty_head = _head(), _head()
-    # More padding (6 -> 9 rows) filled with garbage: neither the statistics nor the valid rows
-    # may change.
-    pad = ((0, 0), (0, 3), (0, 0))
-    l1_dirty, l4_dirty = np.pad(l1, pad), np.pad(l4, pad)
-    valid_dirty = np.pad(valid, ((0, 0), (0, 3)))
-    l1_dirty[~valid_dirty] = 1e4
-    l4_dirty[~valid_dirty] = np.nan
-    clean = clean_head(jnp.asarray(l1), jnp.asarray(l4), jnp.asarray(valid), train=True)
-    dirty = dirty_head(
-        jnp.asarray(l1_dirty), jnp.asarray(l4_dirty), jnp.asarray(valid_dirty), train=True
-    )
-    np.testing.assert_allclose(dirty[:, :6], clean, rtol=1e-5, atol=1e-6)
-    np.testing.assert_array_equal(np.asarray(dirty)[~valid_dirty], 0)
-    np.testing.assert_array_equal(np.asarray(clean)[~valid], 0)
-    jax.tree.map(
-        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
-        nnx.state(clean_head, nnx.BatchStat),
-        nnx.state(dirty_head, nnx.BatchStat),
-    )
-    # NaN padding must not reach the gradients either.
+    valid = (jnp.asarray(l1_valid), jnp.asarray(l4_valid))
+    clean = clean_head(jnp.asarray(l1), jnp.asarray(l4), *valid, train=True)
+    dirty = dirty_head(jnp.asarray(l1_dirty), jnp.asarray(l4_dirty), *valid, train=True)
+    np.testing.assert_allclose(dirty, clean, rtol=1e-5, atol=1e-6)
     grads = nnx.grad(
-        lambda m: jnp.sum(
-            m(jnp.asarray(l1_dirty), jnp.asarray(l4_dirty), jnp.asarray(valid_dirty), train=True)
-        )
+        lambda m: jnp.sum(m(jnp.asarray(l1_dirty), jnp.asarray(l4_dirty), *valid, train=True))
     )(dirty_head)
-    assert all(np.isfinite(np.asarray(g)).all() for g in jax.tree.leaves(grads))
-
-
-def test_head_eval_mode_uses_running_averages():
-    head = _head()
-    l1, l4, valid = _head_inputs()
-    out = head(jnp.asarray(l1), jnp.asarray(l4), jnp.asarray(valid), train=False)
-    # Fresh running averages (mean 0, var 1): the norm is x / sqrt(1 + eps) * scale + bias.
-    a = l1 @ _np(head.l1_proj.kernel) + _np(head.l1_proj.bias)
-    a = np.maximum(a / np.sqrt(1 + 1e-5) * _np(head.l1_norm.scale) + _np(head.l1_norm.bias), 0)
-    b = l4 @ _np(head.l4_proj.kernel) + _np(head.l4_proj.bias)
-    b = np.maximum(b / np.sqrt(1 + 1e-5) * _np(head.l4_norm.scale) + _np(head.l4_norm.bias), 0)
-    w = _np(head.fuse.kernel)[:, 0]
-    expected = np.maximum(w[0] * a + w[1] * b + _np(head.fuse.bias)[0], 0) * valid[..., None]
-    np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-5)
-    np.testing.assert_array_equal(head.l1_norm.mean[...], 0)
-
-
-def test_head_batch_without_valid_rows_keeps_running_stats():
-    head = _head()
-    l1, l4, _ = _head_inputs()
-    valid = jnp.zeros((B, 6), bool)
-
-    def loss(model):
-        return jnp.sum(model(jnp.asarray(l1), jnp.asarray(l4), valid, train=True) ** 2)
-
-    out = head(jnp.asarray(l1), jnp.asarray(l4), valid, train=True)
-    np.testing.assert_array_equal(out, 0)
-    np.testing.assert_array_equal(head.l1_norm.mean[...], 0)
-    np.testing.assert_array_equal(head.l4_norm.var[...], 1)
-    grads = nnx.grad(loss)(head)
     assert all(np.isfinite(np.asarray(g)).all() for g in jax.tree.leaves(grads))
 
 
 @pytest.mark.parametrize(
     ("shapes", "field"),
     [
-        (((B, 6, L1_DIM + 1), (B, 6, L4_DIM), (B, 6)), "l1_pooled"),
-        (((B, 6, L1_DIM), (B, 5, L4_DIM), (B, 6)), "l4_pooled"),
-        (((B, 6, L1_DIM), (B, 6, L4_DIM), (B, 6, 1)), "valid"),
+        (((B, 6, L1_DIM + 1), (B, 6, L4_DIM), (B, 6), (B, 6)), "l1_pooled"),
+        (((B, 6, L1_DIM), (B, 5, L4_DIM), (B, 6), (B, 6)), "l4_pooled"),
+        (((B, 6, L1_DIM), (B, 6, L4_DIM), (B, 6, 1), (B, 6)), "l1_valid"),
+        (((B, 6, L1_DIM), (B, 6, L4_DIM), (B, 6), (B, 5)), "l4_valid"),
     ],
 )
 def test_head_bad_shapes_name_the_argument(shapes, field):
-    l1, l4, valid = (jnp.zeros(s) for s in shapes)
+    l1, l4, v1, v4 = (jnp.zeros(s) for s in shapes)
     with pytest.raises(ValueError, match=field):
-        _head()(l1, l4, valid.astype(bool))
+        _head()(l1, l4, v1.astype(bool), v4.astype(bool))
 
 
-# ---------------------------------------------------------------- segmenter
+# ---------------------------------------------------------------- memory select and segmenter
 
 
-def test_segmenter_parameter_count():
-    # gate: conv3x3 (67 + 5 -> 32), conv3x3 (32 -> 32), conv1x1 (32 -> 2);
-    # modulator: conv3x3 (259 + 5 -> 128) + ResBlock(128);
-    # /2: conv1x1 (128 -> 64), conv3x3 (67 -> 64), ResBlock(64);
-    # /1: conv1x1 (64 -> 32), conv3x3 (5 -> 32), ResBlock(32); predictor conv3x3 (32 -> 2).
-    def conv(cin, cout, k):
-        return k * k * cin * cout + cout
+def _conv(cin, cout, k):
+    return k * k * cin * cout + cout
 
-    expected = (
-        conv(72, 32, 3)
-        + conv(32, 32, 3)
-        + conv(32, 2, 1)
-        + conv(264, 128, 3)
-        + 2 * conv(128, 128, 3)
-        + conv(128, 64, 1)
-        + conv(67, 64, 3)
-        + 2 * conv(64, 64, 3)
-        + conv(64, 32, 1)
-        + conv(5, 32, 3)
-        + 2 * conv(32, 32, 3)
-        + conv(32, 2, 3)
+
+def test_memory_select_and_segmenter_parameter_counts():
+    # Mem_select: convAM 4 -> 32, convL2 67 -> 32, gate 32 -> 259 (3x3, bias).
+    gate = _conv(4, 32, 3) + _conv(67, 32, 3) + _conv(32, 259, 3)
+    assert _count(lambda: segmenter_net.MemorySelect(67, 259, rngs=nnx.Rngs(0))) == gate
+    # SegmenterN(69): layer2 = ResidualBlock(69 -> 128, /2, 1x1 projection) + (128 -> 128);
+    # convFM 777 -> 256; res_L4 = ResBlock(256) (2 x conv+BN); RF2 = Refine(128, 256),
+    # RF1 = Refine(73, 256) (convFS + 2 ResBlocks); pred 256 -> 2.
+    bn = lambda c: 2 * c  # noqa: E731
+    layer2 = (9 * 69 * 128 + bn(128) + 9 * 128 * 128 + bn(128) + 69 * 128 + bn(128)) + 2 * (
+        9 * 128 * 128 + bn(128)
     )
-    assert expected == 772_900
-    assert _count(lambda: segmenter_net.SegmentationNet(67, 259, rngs=nnx.Rngs(0))) == expected
+    res = 2 * (_conv(256, 256, 3) + bn(256))
+    expected = (
+        layer2
+        + _conv(777, 256, 3)
+        + res
+        + _conv(128, 256, 3)
+        + 2 * res
+        + _conv(73, 256, 3)
+        + 2 * res
+        + _conv(256, 2, 3)
+    )
+    count = _count(lambda: segmenter_net.SegmenterN(69, 777, 4, rngs=nnx.Rngs(0)))
+    assert count == expected
 
 
-def test_segmenter_shapes_and_gate_is_a_distribution():
+def test_memory_select_softmax_runs_over_channels_per_position():
+    gate = _gate()
+    f = 2
+    att = _normal((1, f, H, W, ATT), 1)
+    l1 = _normal((1, f, H, W, L1_DIM), 2)
+    weights = gate.gate_weights(att[0], l1[0])  # [F, H/4, W/4, C]
+    assert weights.shape == (f, H // 4, W // 4, L4_DIM)
+    np.testing.assert_allclose(jnp.sum(weights, -1), 1.0, rtol=1e-5)
+    assert float(jnp.std(jnp.sum(weights, (1, 2)))) > 0  # not a spatial softmax
+    # Constant L4 per channel: output = gate x L4, frames folded into channels, frame 0 first.
+    l4 = jnp.broadcast_to(jnp.arange(1.0, L4_DIM + 1), (1, f, H // 4, W // 4, L4_DIM))
+    out = gate(att, l1, l4)
+    assert out.shape == (1, H // 4, W // 4, f * L4_DIM)
+    expected = jnp.concatenate([weights[0], weights[1]], -1) * jnp.tile(
+        jnp.arange(1.0, L4_DIM + 1), f
+    )
+    np.testing.assert_allclose(out[0], expected, rtol=1e-5, atol=1e-6)
+
+
+def test_memory_select_matches_numpy_convolutions():
+    gate = _gate()
+    att = _normal((1, 1, 8, 8, ATT), 3)
+    l1 = _normal((1, 1, 8, 8, L1_DIM), 4)
+
+    def conv_s2(x, layer):  # [H, W, Cin] stride 2, padding 1, 3x3
+        k, b = _np(layer.kernel), _np(layer.bias)
+        xp = np.pad(np.asarray(x, np.float64), ((1, 1), (1, 1), (0, 0)))
+        h, w = x.shape[0] // 2, x.shape[1] // 2
+        out = np.zeros((h, w, k.shape[-1]))
+        for i in range(h):
+            for j in range(w):
+                out[i, j] = np.einsum("abc,abco->o", xp[2 * i : 2 * i + 3, 2 * j : 2 * j + 3], k)
+        return out + b
+
+    x = conv_s2(l1[0, 0], gate.conv_l2) + conv_s2(att[0, 0], gate.conv_am)
+    logits = conv_s2(x, gate.gate)
+    expected = np.exp(logits - logits.max(-1, keepdims=True))
+    expected /= expected.sum(-1, keepdims=True)
+    np.testing.assert_allclose(gate.gate_weights(att[0], l1[0])[0], expected, rtol=1e-4, atol=1e-6)
+
+
+def test_segmenter_shapes_and_bad_inputs():
     net = _segmenter()
-    inputs = _segmenter_inputs()
-    logits = net(**inputs, train=True)
+    l1 = _normal((B, H, W, L1_DIM), 5)
+    l4 = _normal((B, H // 4, W // 4, L4_DIM), 6)
+    att = _normal((B, H, W, ATT), 7)
+    logits = net(l1, l4, att)
     assert logits.shape == (B, H, W, 2) and logits.dtype == jnp.float32
     assert np.isfinite(np.asarray(logits)).all()
-    gate = net.memory_gate(inputs["l1"], inputs["attention"], inputs["prev_mask"])
-    assert gate.shape == (B, H // 4, W // 4, 2) and gate.dtype == jnp.float32
-    np.testing.assert_allclose(jnp.sum(gate, axis=-1), 1.0, rtol=1e-6)
-    assert float(jnp.min(gate)) > 0 and float(jnp.std(gate[..., 0])) > 0
-
-
-def test_gate_is_a_convex_combination_of_current_and_previous():
-    inputs = _segmenter_inputs()
-    net, other_gate = _segmenter(seed=2), _segmenter(seed=2)
-    # A different gate (other conv weights), the rest of the network equal.
-    for name in ("gate1", "gate2", "gate_out"):
-        layer = getattr(other_gate, name)
-        layer.kernel[...] = layer.kernel[...] * -1.5
-        layer.bias[...] = layer.bias[...] + 0.3
-    same = {**inputs, "prev_l4": inputs["cur_l4"]}
-    # With previous == current, g0 cur + g1 prev = cur whatever the gate.
-    np.testing.assert_allclose(net(**same), other_gate(**same), rtol=1e-5, atol=1e-5)
-    g_net = net.memory_gate(inputs["l1"], inputs["attention"], inputs["prev_mask"])
-    g_other = other_gate.memory_gate(inputs["l1"], inputs["attention"], inputs["prev_mask"])
-    assert float(jnp.max(jnp.abs(g_net - g_other))) > 0.01
-    assert float(jnp.max(jnp.abs(net(**inputs) - other_gate(**inputs)))) > 1e-3
-    # A saturated gate picks one side: channel 0 weighs the current frame, channel 1 the previous.
-    bias = np.zeros(2, np.float32)
-    for side, key in ((0, "cur_l4"), (1, "prev_l4")):
-        bias[:] = 0
-        bias[side] = 1e3
-        net.gate_out.bias[...] = jnp.asarray(bias)
-        picked = {**inputs, "cur_l4": inputs[key], "prev_l4": inputs[key]}
-        np.testing.assert_allclose(net(**inputs), net(**picked), rtol=1e-5, atol=1e-5)
-
-
-def test_segmenter_pool_and_upsample_known_values():
-    x = jnp.arange(16.0).reshape(1, 4, 4, 1)
-    np.testing.assert_allclose(segmenter_net._avg_pool(x, 2)[0, ..., 0], [[2.5, 4.5], [10.5, 12.5]])
-    # torch's bilinear x2 with align_corners=False: [0, 1] -> [0, 0.25, 0.75, 1].
-    up = segmenter_net._upsample2(jnp.asarray([[0.0, 1.0]]).reshape(1, 1, 2, 1))
-    np.testing.assert_allclose(up[0, 0, :, 0], [0.0, 0.25, 0.75, 1.0])
-
-
-@pytest.mark.parametrize(
-    ("field", "shape"),
-    [
-        ("cur_l4", (B, H // 4, W // 4, L4_DIM + 1)),
-        ("prev_l4", (B, H // 2, W // 2, L4_DIM)),
-        ("l1", (B, H // 4, W // 4, L1_DIM)),
-        ("prev_mask", (B, H, W, 1)),
-        ("attention", (B, H, W, ATT + 1)),
-    ],
-)
-def test_segmenter_bad_shapes_name_the_argument(field, shape):
-    inputs = {**_segmenter_inputs(), field: jnp.zeros(shape)}
-    with pytest.raises(ValueError, match=field):
-        _segmenter()(**inputs)
-
-
-def test_segmenter_needs_sides_multiple_of_4():
-    net = _segmenter()
+    with pytest.raises(ValueError, match="l4"):
+        net(l1, l4[:, :-1], att)
+    with pytest.raises(ValueError, match="attention"):
+        net(l1, l4, att[..., :-1])
     with pytest.raises(ValueError, match="multiples of 4"):
-        net.memory_gate(
-            jnp.zeros((1, 3, 3, L1_DIM)), jnp.zeros((1, 6, 6, ATT)), jnp.zeros((1, 6, 6))
-        )
-    with pytest.raises(ValueError, match="hidden"):
-        segmenter_net.SegmentationNet(L1_DIM, L4_DIM, hidden=3, rngs=nnx.Rngs(0))
+        net(l1[:, :-2], l4, att[:, :-2])
+
+
+def test_resblock_is_x_plus_two_conv_bn_relu_of_relu_x():
+    block = _materialise(lambda: segmenter_net.ResBlock(3, rngs=nnx.Rngs(0)), seed=8)
+    x = _normal((1, 5, 5, 3), 9)
+
+    def cbr(y, part):
+        k, b = _np(part.conv.kernel), _np(part.conv.bias)
+        yp = np.pad(np.asarray(y, np.float64), ((0, 0), (1, 1), (1, 1), (0, 0)))
+        out = np.zeros(y.shape)
+        for i in range(5):
+            for j in range(5):
+                out[0, i, j] = np.einsum("abc,abco->o", yp[0, i : i + 3, j : j + 3], k)
+        out += b
+        norm = part.norm
+        out = (out - _np(norm.mean)) / np.sqrt(_np(norm.var) + 1e-5) * _np(norm.scale)
+        return np.maximum(out + _np(norm.bias), 0)
+
+    expected = np.asarray(x) + cbr(cbr(np.maximum(x, 0), block.conv1), block.conv2)
+    np.testing.assert_allclose(block(x, train=False), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_upsample2_is_torch_bilinear():
+    # torch's bilinear x2 with align_corners=False: [0, 1] -> [0, 0.25, 0.75, 1].
+    up = segmenter_net.upsample2(jnp.asarray([[0.0, 1.0]]).reshape(1, 1, 2, 1))
+    np.testing.assert_allclose(up[0, 0, :, 0], [0.0, 0.25, 0.75, 1.0])
 
 
 # ---------------------------------------------------------------- jit and gradients
 
 
-def _pipeline(encoder, head, net, images, valid):
+def _pipeline(encoder, head, gate, net, images, valid):
     """Backbone -> toy superpixel pooling (4 x 4 cells) -> head; backbone -> segmenter."""
     features = encoder(images, train=True)
     l1, l4 = features["layer1"], features["layer4"]  # [B, 16, 16, w], [B, 8, 8, 4w]
-    l1_cells = segmenter_net._avg_pool(l1, 4).reshape(B, 16, WIDTH)
-    l4_cells = segmenter_net._avg_pool(l4, 2).reshape(B, 16, 4 * WIDTH)
-    superfeats = head(l1_cells, l4_cells, valid, train=True)
+    l1_cells = l1.reshape(B, 4, 4, 4, 4, WIDTH).mean((2, 4)).reshape(B, 16, WIDTH)
+    l4_cells = l4.reshape(B, 4, 2, 4, 2, 4 * WIDTH).mean((2, 4)).reshape(B, 16, 4 * WIDTH)
+    superfeats = head(l1_cells, l4_cells, valid, valid, train=True)
+    l1_full = segmenter_net.upsample2(l1)  # [B, H, W, w]
     attention = jnp.concatenate([images, images[..., :1] ** 2], axis=-1)  # ATT = 4 maps
-    prev_mask = jax.nn.sigmoid(images[..., 0])
-    # The previous frame's L4: the current one flipped, so that the gate matters.
-    logits = net(l4, jnp.flip(l4, axis=1), l1, attention, prev_mask, train=True)
+    pair = lambda x: jnp.stack([x, jnp.flip(x, 1)], 1)  # noqa: E731
+    mem = gate(pair(attention), pair(l1_full), pair(l4))
+    logits = net(l1_full, jnp.concatenate([l4, mem], -1), attention, train=True)
     return superfeats, logits
 
 
@@ -430,13 +446,15 @@ def _pipeline_models():
     head = _materialise(
         lambda: superfeatures.SuperfeatureHead(WIDTH, 4 * WIDTH, dim=DIM, rngs=nnx.Rngs(0)), seed=1
     )
-    net = _materialise(
-        lambda: segmenter_net.SegmentationNet(
-            WIDTH, 4 * WIDTH, attention_dim=ATT, hidden=HIDDEN, rngs=nnx.Rngs(0)
-        ),
+    gate = _materialise(
+        lambda: segmenter_net.MemorySelect(WIDTH, 4 * WIDTH, ATT, hidden=8, rngs=nnx.Rngs(0)),
         seed=2,
     )
-    return encoder, head, net
+    net = _materialise(
+        lambda: segmenter_net.SegmenterN(WIDTH, 12 * WIDTH, ATT, width=HIDDEN, rngs=nnx.Rngs(0)),
+        seed=3,
+    )
+    return encoder, head, gate, net
 
 
 def test_train_mode_jit_matches_eager_and_updates_batch_stats():
@@ -453,12 +471,11 @@ def test_train_mode_jit_matches_eager_and_updates_batch_stats():
             nnx.state(a, nnx.BatchStat),
             nnx.state(b, nnx.BatchStat),
         )
-    # The stats moved away from their initial values (mean 0) in train mode.
     assert float(jnp.max(jnp.abs(jit_models[1].l4_norm.mean[...]))) > 0
 
 
 def test_gradient_reaches_every_parameter():
-    encoder, head, net = _pipeline_models()
+    models = _pipeline_models()
     images = _normal((B, H, W, 3), seed=5)
     valid = jnp.asarray(np.arange(16)[None, :] < np.array([[12], [7]]))
     weights = _normal((B, H, W, 2), seed=6)
@@ -467,8 +484,8 @@ def test_gradient_reaches_every_parameter():
         superfeats, logits = _pipeline(*models, images, valid)
         return jnp.sum(superfeats * jnp.arange(DIM)) + jnp.mean(logits * weights)
 
-    grads = nnx.jit(nnx.grad(loss))((encoder, head, net))
+    grads = nnx.jit(nnx.grad(loss))(models)
     leaves = jax.tree.leaves_with_path(nnx.state(grads, nnx.Param))
-    assert len(leaves) == len(jax.tree.leaves(nnx.state((encoder, head, net), nnx.Param)))
+    assert len(leaves) == len(jax.tree.leaves(nnx.state(models, nnx.Param)))
     dead = [jax.tree_util.keystr(p) for p, g in leaves if not np.any(np.asarray(g))]
     assert not dead, dead

@@ -42,11 +42,16 @@ from vosjax.data import sequence as sequence_lib
 from vosjax.data import transforms
 from vosjax.data.superpixels import isec, slic
 from vosjax.methods.shls import model as model_lib
+from vosjax.methods.shls import roi_segment
 from vosjax.ops import memory_clustering, segment_pooling, soft_aggregation
 
 _LOG = logging.getLogger(__name__)
 
 OUTPUTS = ("decoder", "preseg")  # config.eval.output
+# config.eval.last_pred: what the segmenter gets as the last prediction of each object after a
+# predicted frame: 'log_odds' (the released test loop passes its soft-aggregated log-odds) or
+# 'prob' (the aggregated probability). After a given frame it is the one-hot mask either way.
+LAST_PREDS = ("log_odds", "prob")
 
 
 def working_size(size: tuple[int, int], short_side: int | None) -> tuple[int, int]:
@@ -129,6 +134,11 @@ class SHLSSegmenter:
         if ev.output not in OUTPUTS:
             raise ValueError(f"config.eval.output={ev.output!r}: expected one of {OUTPUTS}")
         self.output = ev.output
+        if ev.last_pred not in LAST_PREDS:
+            raise ValueError(
+                f"config.eval.last_pred={ev.last_pred!r}: expected one of {LAST_PREDS}"
+            )
+        self.last_pred = ev.last_pred
         if ev.superpixels == "isec":
             self.superpixel_fn = isec.isec
         else:
@@ -143,10 +153,12 @@ class SHLSSegmenter:
         self.graphdef, self.state = nnx.split(model)
         self._warned = False
 
+        norm = {"mean": tuple(ev.mean), "std": tuple(ev.std)}
+
         def encode(state: Any, frame: jax.Array, labels: jax.Array) -> model_lib.Encoded:
             module = nnx.merge(self.graphdef, state)
             return model_lib.encode(
-                module, frame[None], labels[None], self.max_superpixels, train=False
+                module, frame[None], labels[None], self.max_superpixels, train=False, **norm
             )
 
         def attention(
@@ -157,23 +169,35 @@ class SHLSSegmenter:
 
         def decode(
             state: Any,
-            cur: model_lib.Encoded,
-            prev_l4: jax.Array,
-            labels: jax.Array,
+            first: roi_segment.FrameMaps,
+            first_masks: jax.Array,
+            prev: roi_segment.FrameMaps,
+            prev_pred: jax.Array,
+            prev_att: jax.Array,
+            cur: roi_segment.FrameMaps,
             att: jax.Array,
-            prev_probs: jax.Array,
             roi: jax.Array,
             object_valid: jax.Array,
-        ) -> jax.Array:
+        ) -> tuple[jax.Array, jax.Array]:
             module = nnx.merge(self.graphdef, state)
-            num_objects = prev_probs.shape[0]
-            pixel_att = model_lib.object_attention_maps(att, labels)
-            rep = lambda x: jnp.repeat(x, num_objects, axis=0)  # noqa: E731
-            logits = module.segmenter(
-                rep(cur.l4), rep(prev_l4), rep(cur.l1), pixel_att, prev_probs, train=False
-            ).astype(jnp.float32)
+            k = first_masks.shape[0]
+            rep = lambda m: roi_segment.FrameMaps(*(jnp.repeat(x, k, axis=0) for x in m))  # noqa: E731
+            logits = roi_segment.segment_full_frame(
+                module,
+                first=rep(first),
+                first_mask=first_masks,
+                last=rep(prev),
+                last_pred=prev_pred,
+                last_attention=prev_att,
+                this=rep(cur),
+                this_attention=att,
+            )
             probs = jax.nn.softmax(logits, -1)[..., 1] * roi
-            return soft_aggregation.soft_aggregate(probs, object_valid)  # [K + 1, H, W]
+            log_odds = soft_aggregation.soft_aggregate_logits(probs, object_valid, odds="ratio")
+            return jax.nn.softmax(log_odds, axis=0), log_odds  # [K + 1, H, W] each
+
+        def pixel_attention(att: jax.Array, labels: jax.Array) -> jax.Array:
+            return model_lib.object_attention_maps(att, labels)
 
         def update(
             bank: memory_clustering.MemoryBank,
@@ -203,6 +227,7 @@ class SHLSSegmenter:
         self._encode = jax.jit(encode)
         self._attention = jax.jit(attention, static_argnums=3)
         self._decode = jax.jit(decode)
+        self._pixel_attention = jax.jit(pixel_attention)
         self._update = jax.jit(update)
         self._write = jax.jit(write)
         self._majority = jax.jit(segment_pooling.majority_labels, static_argnums=(2, 3))
@@ -226,17 +251,18 @@ class SHLSSegmenter:
         enc: model_lib.Encoded,
         labels: jax.Array,
         bank: memory_clustering.MemoryBank,
-        prev_l4: jax.Array,
-        prev_probs: np.ndarray,
+        ctx: dict[str, Any],
         object_valid: np.ndarray,
         first_boxes: dict[int, tuple[int, int, int, int] | None],
-    ) -> np.ndarray:
-        """One later frame's probabilities [K + 1, H, W] (a writable array): memory clusterer,
+    ) -> tuple[np.ndarray, np.ndarray, jax.Array]:
+        """One later frame: (probabilities [K + 1, H, W] (a writable array), the log-odds or
+        None, the objects' pixel attention maps [K, H, W, 4]): memory clusterer,
         pre-segmentation, ROIs, then the segmentation net (or the pre-segmentation alone)."""
         mem = self.config.memory
+        prev_probs = ctx["probs"]
         num_classes = len(prev_probs) + 1
-        features, valid = enc.superfeatures[0], enc.valid[0]
-        att, knn_label = self._attention(key, features, bank, num_classes)
+        att, knn_label = self._attention(key, enc.superfeatures[0], bank, num_classes)
+        pixel_att = self._pixel_attention(att, labels)
         preseg = np.asarray(segment_pooling.paint(knn_label[:, None], labels))[..., 0]
         hard_prev = np.argmax(np.concatenate([1 - prev_probs.max(0, keepdims=True), prev_probs]), 0)
         rois = np.stack(
@@ -252,19 +278,20 @@ class SHLSSegmenter:
             ]
         )
         if self.output == "preseg":
-            return _preseg_probs(preseg, rois, object_valid)
-        return np.array(  # a copy: given masks may overwrite it
-            self._decode(
-                self.state,
-                model_lib.Encoded(enc.l1, enc.l4, features, valid),
-                prev_l4,
-                labels,
-                att,
-                jnp.asarray(prev_probs),
-                jnp.asarray(rois),
-                jnp.asarray(object_valid),
-            )
+            return _preseg_probs(preseg, rois, object_valid), None, pixel_att
+        probs, log_odds = self._decode(
+            self.state,
+            ctx["first"],
+            ctx["first_masks"],
+            ctx["prev"],
+            jnp.asarray(ctx["prev_pred"]),
+            ctx["prev_att"],
+            roi_segment.FrameMaps(enc.l1, enc.l4),
+            pixel_att,
+            jnp.asarray(rois),
+            jnp.asarray(object_valid),
         )
+        return np.array(probs), np.asarray(log_odds), pixel_att  # a copy: given masks overwrite
 
     def segment(self, sequence: sequence_lib.VideoSequence) -> Iterator[np.ndarray]:
         inputs = evaluate.given_masks(sequence)
@@ -274,8 +301,9 @@ class SHLSSegmenter:
         bank = memory_clustering.init_memory(self.capacity, self.config.model.superfeature_dim)
         object_valid = np.zeros(num_classes - 1, bool)
         first_boxes: dict[int, tuple[int, int, int, int] | None] = {}
-        prev_probs = np.zeros((num_classes - 1, *size), np.float32)
-        prev_l4 = None
+        ctx: dict[str, Any] | None = None
+        first: roi_segment.FrameMaps | None = None
+        first_masks = np.zeros((num_classes - 1, *size), np.float32)
         key = jax.random.key(self.config.seed)
         for t in range(len(sequence)):
             frame = cv2.resize(sequence.read_frame(t), size[::-1], interpolation=cv2.INTER_LINEAR)
@@ -283,17 +311,19 @@ class SHLSSegmenter:
             device_labels = jnp.asarray(labels)  # one transfer for every use below
             enc = self._encode(self.state, jnp.asarray(frame), device_labels)
             features, valid = enc.superfeatures[0], enc.valid[0]
+            frame_key = jax.random.fold_in(key, t)
             given = inputs.get(t)
             if given is not None:
                 given = cv2.resize(given, size[::-1], interpolation=cv2.INTER_NEAREST)
-            if prev_l4 is None or not object_valid.any():
+            log_odds, pixel_att = None, None
+            if ctx is None or not object_valid.any():
                 probs = np.zeros((num_classes, *size), np.float32)
                 probs[0] = 1.0
             else:
-                probs = self._predict(
-                    jax.random.fold_in(key, t), enc, device_labels, bank, prev_l4, prev_probs,
-                    object_valid, first_boxes,
-                )  # fmt: skip
+                probs, log_odds, pixel_att = self._predict(
+                    frame_key, enc, device_labels, bank, ctx, object_valid, first_boxes
+                )
+            cur = roi_segment.FrameMaps(enc.l1, enc.l4)
             if given is not None:  # objects that start here: their given mask wins
                 starting = given > 0
                 probs[:, starting] = 0.0
@@ -301,14 +331,32 @@ class SHLSSegmenter:
                 for k in np.unique(given[starting]):
                     object_valid[k - 1] = True
                     first_boxes[int(k)] = _box(given == k)
+                    first_masks[k - 1] = given == k
+                if first is None and starting.any():
+                    first = cur
                 classes = self._majority(
                     device_labels, jnp.asarray(probs.argmax(0)), self.max_superpixels,
                     num_classes,
                 )  # fmt: skip
                 bank = self._write(bank, features, valid, classes)
-            elif prev_l4 is not None and object_valid.any():
+                # The given frame's attention maps: from the memory it was just written to
+                # (the released code predicts the first frame with the memory fitted on it).
+                att, _ = self._attention(frame_key, features, bank, num_classes)
+                pixel_att = self._pixel_attention(att, device_labels)
+                log_odds = None
+            elif ctx is not None and object_valid.any():
                 bank = self._update(bank, features, valid, device_labels, jnp.asarray(probs))
-            prev_probs = probs[1:]
-            prev_l4 = enc.l4
+            if pixel_att is None:
+                pixel_att = jnp.zeros((num_classes - 1, *size, model_lib.ATTENTION_DIM))
+            use_log_odds = log_odds is not None and self.last_pred == "log_odds"
+            if first is not None:
+                ctx = {
+                    "first": first,
+                    "first_masks": jnp.asarray(first_masks),
+                    "prev": cur,
+                    "prev_pred": log_odds[1:] if use_log_odds else probs[1:],
+                    "prev_att": pixel_att,
+                    "probs": probs[1:],
+                }
             mask = probs.argmax(0).astype(np.uint8)
             yield cv2.resize(mask, (width, height), interpolation=cv2.INTER_NEAREST)

@@ -34,7 +34,7 @@ from flax import nnx
 
 from vosjax.data import pseudo_sequences, still_images
 from vosjax.data.superpixels import slic
-from vosjax.methods.shls import inference
+from vosjax.methods.shls import inference, roi_segment
 from vosjax.methods.shls import model as model_lib
 from vosjax.ops import contrastive, memory_clustering, segment_pooling, soft_aggregation
 
@@ -155,6 +155,8 @@ class SHLS:
             spx.reshape(b * t, h, w),
             num_segments,
             train=True,
+            mean=tuple(self.config.data.mean),
+            std=tuple(self.config.data.std),
         )
         sf = enc.superfeatures.reshape(b, t, num_segments, -1)
         valid = enc.valid.reshape(b, t, num_segments)
@@ -204,7 +206,14 @@ class SHLS:
         rng: jax.Array,
     ) -> jax.Array:
         """Sum over frames t >= 1 of the mean pixel cross-entropy of the soft-aggregated
-        per-object predictions (teacher-forced memory, previous masks and ROIs)."""
+        per-object predictions (teacher-forced memory, previous masks and ROIs).
+
+        Per object the segmenter sees (as the released `My_Net.segment`) the first frame's
+        mask and maps, the last frame's mask, maps and attention maps, and this frame's maps
+        and attention maps, on whole frames (`roi_segment.segment_full_frame`). Frame i's
+        attention maps come from the memory of frames 0..i-1 (frame 0's from itself, as the
+        released code predicts the first frame with the memory fitted on it).
+        """
         mem = self.config.memory
         b, t, h, w = masks.shape
         k_obj = self.config.data.max_objects
@@ -215,7 +224,7 @@ class SHLS:
         spx_ids = jnp.arange(1, num_classes)  # object ids 1..K
         object_valid = spx_ids[None, :] <= num_objects[:, None]  # [B, K]
 
-        def attention(key, query, mem_f, mem_c, mem_v):  # [S, C, 4] over frames 0..i-1
+        def attention(key, query, mem_f, mem_c, mem_v):  # [S, C, 4]
             bank = memory_clustering.MemoryBank(
                 features=mem_f,
                 labels=mem_c,
@@ -224,34 +233,42 @@ class SHLS:
             )
             return model_lib.memory_attention(key, query, bank, num_classes, mem).features
 
-        total = 0.0
-        for i in range(1, t):
+        def fold(x: jax.Array) -> jax.Array:  # [B, ...] -> [B K, ...] (each object)
+            return jnp.repeat(x, k_obj, axis=0)
+
+        def object_masks(i: int) -> jax.Array:  # [B K, H, W] one-hot masks of frame i
+            return (masks[:, i, None] == spx_ids[None, :, None, None]).reshape(b * k_obj, h, w)
+
+        pixel_att = []
+        for i in range(t):
             key = jax.random.fold_in(jax.random.fold_in(rng, KMEANS_STREAM), i)
+            memory_frames = max(i, 1)
             att = jax.vmap(attention)(
                 jax.random.split(key, b),
                 jax.lax.stop_gradient(sf[:, i]),
-                jax.lax.stop_gradient(sf[:, :i].reshape(b, i * s, -1)),
-                classes[:, :i].reshape(b, i * s),
-                valid[:, :i].reshape(b, i * s),
+                jax.lax.stop_gradient(sf[:, :memory_frames].reshape(b, memory_frames * s, -1)),
+                classes[:, :memory_frames].reshape(b, memory_frames * s),
+                valid[:, :memory_frames].reshape(b, memory_frames * s),
             )
-            pixel_att = jax.lax.stop_gradient(
-                jax.vmap(model_lib.object_attention_maps)(att, superpixels[:, i])
-            )  # [B, K, H, W, 4]
-            prev = (masks[:, i - 1, None] == spx_ids[None, :, None, None]).astype(jnp.float32)
+            maps = jax.vmap(model_lib.object_attention_maps)(att, superpixels[:, i])
+            pixel_att.append(jax.lax.stop_gradient(maps).reshape(b * k_obj, h, w, -1))
+
+        first = roi_segment.FrameMaps(fold(l1[:, 0]), fold(l4[:, 0]))
+        total = 0.0
+        for i in range(1, t):
             now = masks[:, i, None] == spx_ids[None, :, None, None]  # [B, K, H, W]
             roi = roi_boxes(now, mem.roi_margin)
-
-            def fold(x: jax.Array) -> jax.Array:  # [B, ...] -> [B K, ...] (each object)
-                return jnp.repeat(x, k_obj, axis=0)
-
-            logits = model.segmenter(
-                fold(l4[:, i]),
-                fold(l4[:, i - 1]),
-                fold(l1[:, i]),
-                pixel_att.reshape(b * k_obj, h, w, 4),
-                prev.reshape(b * k_obj, h, w),
+            logits = roi_segment.segment_full_frame(
+                model,
+                first=first,
+                first_mask=object_masks(0),
+                last=roi_segment.FrameMaps(fold(l1[:, i - 1]), fold(l4[:, i - 1])),
+                last_pred=object_masks(i - 1),
+                last_attention=pixel_att[i - 1],
+                this=roi_segment.FrameMaps(fold(l1[:, i]), fold(l4[:, i])),
+                this_attention=pixel_att[i],
                 train=True,
-            ).astype(jnp.float32)
+            )
             probs = jax.nn.softmax(logits, -1)[..., 1].reshape(b, k_obj, h, w) * roi
             logits = jax.vmap(soft_aggregation.soft_aggregate_logits)(probs, object_valid)
             log_probs = jax.nn.log_softmax(logits, axis=1)  # [B, C, H, W]

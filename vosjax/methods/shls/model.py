@@ -1,16 +1,17 @@
-"""The SHLS network: backbone, superfeatures and the segmentation net, and what training and
-inference share: the encoder and the memory clusterer's attention maps.
+"""The SHLS network (the released `My_Net`): backbone, superfeatures, memory select, segmenter,
+and what training and inference share: the embedding and the memory clusterer's attention maps.
 
-`encode` is the part training and inference share: frames and their superpixel label maps ->
-the backbone's layer1 and layer4 features with the superpixel info map appended (the inputs of
-the segmentation net) and one superfeature per superpixel:
+`embed` is the released `SPX_embedding` + `My_Net.superfeat`: normalised frames and their
+superpixel label maps -> the per-pixel maps of the segmenter and one superfeature per superpixel:
 
-  layer1 [N, H/2, W/2, w] (upsampled to H x W) ++ info      -> mean per superpixel [N, S, w + 3]
-  layer4 [N, H/4, W/4, 4w] (upsampled to H x W) ++ info     -> mean per superpixel [N, S, 4w + 3]
-  -> SuperfeatureHead -> superfeatures [N, S, D] (D = 32; 0 for padding superpixels)
+  L1 = layer1 [N, H/2, W/2, w] bilinearly upsampled to H x W ++ info(labels)      [N, H, W, w+3]
+  L4 = layer4 [N, H/4, W/4, 4w] ++ info(nearest /4 labels)                       [N, h4, w4, 4w+3]
+  superfeatures = SuperfeatureHead(mean of L1 per superpixel over the labels,
+                                   mean of L4 per superpixel over the /4 labels)  [N, S, D]
 
-The info map gives every pixel its superpixel's (size / (H W), mean x / W, mean y / H), so the
-mean of the info channels over a superpixel is that superpixel's own info (computed directly).
+The info map gives every pixel its superpixel's (size / pixels of the map, mean row / (rows - 1),
+mean column / (columns - 1)) (`segment_pooling.info_map`, the released convention). Superpixel
+ids are 0-based here (the released labels are these + 1; -1 = none).
 """
 
 from __future__ import annotations
@@ -24,19 +25,25 @@ from flax import nnx
 
 from vosjax.methods.shls import backbone as backbone_lib
 from vosjax.methods.shls import segmenter_net, superfeatures
-from vosjax.ops import color, memory_clustering, segment_pooling
+from vosjax.ops import memory_clustering, roi, segment_pooling
 
-INFO_DIM = 3  # superpixel size, mean x, mean y
-ATTENTION_DIM = 4  # the memory clusterer's channels per class
+INFO_DIM = 3  # superpixel size, mean row, mean column
+ATTENTION_DIM = 4  # the memory clusterer's channels per object
+# The released test-time normalisation (config_LT davis_mean / davis_std); training on MSRA10K
+# used msra_mean / msra_std.
+DAVIS_MEAN = (0.4512, 0.4448, 0.4111)
+DAVIS_STD = (0.2485, 0.2403, 0.2617)
+MSRA_MEAN = (0.4532, 0.4335, 0.3921)
+MSRA_STD = (0.3025, 0.2918, 0.3122)
 
 
 class Encoded(NamedTuple):
-    """What `encode` gives for N frames of H x W with at most S superpixels each.
+    """What `embed` gives for N frames of H x W with at most S superpixels each.
 
     Attributes:
-      l1: float [N, H/2, W/2, w + 3], layer1 features ++ the info map (average-pooled).
-      l4: float [N, H/4, W/4, 4w + 3], layer4 features ++ the info map (average-pooled).
-      superfeatures: float [N, S, D], 0 for empty (padding) superpixels.
+      l1: float [N, H, W, w + 3], upsampled layer1 ++ the info map.
+      l4: float [N, ceil(H/4), ceil(W/4), 4w + 3], layer4 ++ the info map of the /4 labels.
+      superfeatures: float [N, S, D]; 0 after the frame's largest superpixel id.
       valid: bool [N, S], the superpixels that hold pixels.
     """
 
@@ -47,7 +54,8 @@ class Encoded(NamedTuple):
 
 
 class SHLSModel(nnx.Module):
-    """backbone + superfeature head + segmentation net (`config.model`)."""
+    """The released My_Net (`config.model`): backbone (spx_embedding.feat_extractor), the
+    superfeature head (sf_head_L1, sf_head_L4, sf_conv_1x1), mem_select and segmenter."""
 
     def __init__(self, cfg: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
         width = cfg.width
@@ -57,33 +65,92 @@ class SHLSModel(nnx.Module):
         self.superfeatures = superfeatures.SuperfeatureHead(
             self.l1_dim, self.l4_dim, cfg.superfeature_dim, rngs=rngs
         )
-        self.segmenter = segmenter_net.SegmentationNet(
-            self.l1_dim, self.l4_dim, ATTENTION_DIM, cfg.hidden, rngs=rngs
+        self.mem_select = segmenter_net.MemorySelect(
+            self.l1_dim, self.l4_dim, ATTENTION_DIM, cfg.gate_hidden, rngs=rngs
+        )
+        # L1 input: first-frame mask + last prediction + first frame's L1; L4 input: the first
+        # frame's RoI L4 ++ MemorySelect's gated last and current L4.
+        self.segmenter = segmenter_net.SegmenterN(
+            self.l1_dim + 2, 3 * self.l4_dim, ATTENTION_DIM, cfg.hidden, rngs=rngs
         )
 
 
-def superpixel_info(labels: jax.Array, num_segments: int) -> tuple[jax.Array, jax.Array]:
-    """labels int32 [H, W] -> (info [S, 3] = (size / (H W), mean x / W, mean y / H), valid [S])."""
-    h, w = labels.shape
-    ys, xs = jnp.meshgrid(
-        (jnp.arange(h, dtype=jnp.float32) + 0.5) / h,
-        (jnp.arange(w, dtype=jnp.float32) + 0.5) / w,
-        indexing="ij",
+def normalize(frames: jax.Array, mean: tuple[float, ...], std: tuple[float, ...]) -> jax.Array:
+    """uint8 (or 0..255) frames [..., 3] -> float32 (x / 255 - mean) / std."""
+    x = jnp.asarray(frames).astype(jnp.float32) / 255.0
+    return (x - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
+
+
+class Maps(NamedTuple):
+    """The per-pixel maps of `embedding_maps` and their per-superpixel means.
+
+    Attributes:
+      l1: [N, H, W, l1_dim]; l4: [N, h4, w4, l4_dim] (see `Encoded`).
+      l1_mean: [N, S, l1_dim], the mean of l1 over each superpixel's pixels (0 if none).
+      l4_mean: [N, S, l4_dim], the mean of l4 over each superpixel's cells of the /4 labels.
+      l1_valid, l4_valid: bool [N, S], superpixels with pixels in the full / the /4 label map.
+      listed: bool [N, S], ids up to the frame's largest (the rows the released code has).
+    """
+
+    l1: jax.Array
+    l4: jax.Array
+    l1_mean: jax.Array
+    l4_mean: jax.Array
+    l1_valid: jax.Array
+    l4_valid: jax.Array
+    listed: jax.Array
+
+
+def embedding_maps(
+    model: SHLSModel,
+    images: jax.Array,
+    labels: jax.Array,
+    num_segments: int,
+    *,
+    train: bool,
+) -> Maps:
+    """The released SPX_embedding (and the pooling of My_Net.superfeat): normalised images
+    [N, H, W, 3] and superpixels int32 [N, H, W] -> `Maps`.
+
+    The /4 label map is the nearest resize (torch's legacy 'nearest') of the labels to the
+    backbone's /4 grid. Labels outside [0, num_segments) belong to no superpixel.
+    """
+    n, h, w = labels.shape
+    if images.shape[:3] != (n, h, w):
+        raise ValueError(f"embed: images {images.shape} and labels {labels.shape} differ")
+    feats = model.backbone(images, train=train)
+    layer1 = feats["layer1"].astype(jnp.float32)
+    layer4 = feats["layer4"].astype(jnp.float32)
+    labels4 = roi.resize_nearest(labels, layer4.shape[1:3], channels_last=False)
+
+    def per_frame(l1_f, l4_f, labels_f, labels4_f):
+        l1_map = jnp.concatenate(
+            [roi.resize_bilinear(l1_f, (h, w)), segment_pooling.info_map(labels_f, num_segments)],
+            -1,
+        )
+        l4_map = jnp.concatenate([l4_f, segment_pooling.info_map(labels4_f, num_segments)], -1)
+        l1_mean, l1_valid = segment_pooling.segment_mean(l1_map, labels_f, num_segments)
+        l4_mean, l4_valid = segment_pooling.segment_mean(l4_map, labels4_f, num_segments)
+        listed = jnp.arange(num_segments) <= jnp.max(labels_f)
+        return Maps(l1_map, l4_map, l1_mean, l4_mean, l1_valid, l4_valid, listed)
+
+    return jax.vmap(per_frame)(layer1, layer4, labels, labels4)
+
+
+def embed(
+    model: SHLSModel,
+    images: jax.Array,
+    labels: jax.Array,
+    num_segments: int,
+    *,
+    train: bool,
+) -> Encoded:
+    """Normalised images [N, H, W, 3] and superpixels int32 [N, H, W] -> `Encoded`."""
+    maps = embedding_maps(model, images, labels, num_segments, train=train)
+    sf = model.superfeatures(
+        maps.l1_mean, maps.l4_mean, maps.l1_valid, maps.l4_valid, maps.listed, train=train
     )
-    means, valid = segment_pooling.segment_mean(jnp.stack([xs, ys], -1), labels, num_segments)
-    size = segment_pooling.segment_counts(labels, num_segments) / (h * w)
-    return jnp.concatenate([size[:, None], means], -1), valid
-
-
-def _average_pool(x: jax.Array, factor: int) -> jax.Array:
-    """[H, W, C] -> [H / factor, W / factor, C] (block means)."""
-    h, w, c = x.shape
-    return x.reshape(h // factor, factor, w // factor, factor, c).mean((1, 3))
-
-
-def _upsample(x: jax.Array, size: tuple[int, int]) -> jax.Array:
-    """[h, w, C] -> [H, W, C], bilinear (half-pixel centres, as align_corners=False)."""
-    return jax.image.resize(x, (*size, x.shape[-1]), "bilinear", antialias=False)
+    return Encoded(maps.l1, maps.l4, sf.astype(jnp.float32), maps.l1_valid)
 
 
 def encode(
@@ -93,35 +160,12 @@ def encode(
     num_segments: int,
     *,
     train: bool,
+    mean: tuple[float, ...] = DAVIS_MEAN,
+    std: tuple[float, ...] = DAVIS_STD,
 ) -> Encoded:
-    """uint8 frames [N, H, W, 3] and superpixels int32 [N, H, W] -> `Encoded`.
-
-    H and W must be multiples of 4; labels outside [0, num_segments) belong to no superpixel.
-    """
-    n, h, w = labels.shape
-    if h % 4 or w % 4:
-        raise ValueError(f"encode: frames {h}x{w}: expected sides that are multiples of 4")
-    images = color.normalize_frames(frames.astype(jnp.float32))
-    feats = model.backbone(images, train=train)
-    l1 = feats["layer1"].astype(jnp.float32)
-    l4 = feats["layer4"].astype(jnp.float32)
-
-    def per_frame(l1_f, l4_f, labels_f):
-        info, valid = superpixel_info(labels_f, num_segments)
-        pixel_info = segment_pooling.paint(info, labels_f)  # [H, W, 3]
-        l1_mean, _ = segment_pooling.segment_mean(_upsample(l1_f, (h, w)), labels_f, num_segments)
-        l4_mean, _ = segment_pooling.segment_mean(_upsample(l4_f, (h, w)), labels_f, num_segments)
-        return (
-            jnp.concatenate([l1_f, _average_pool(pixel_info, 2)], -1),
-            jnp.concatenate([l4_f, _average_pool(pixel_info, 4)], -1),
-            jnp.concatenate([l1_mean, info], -1),
-            jnp.concatenate([l4_mean, info], -1),
-            valid,
-        )
-
-    l1_cat, l4_cat, l1_pooled, l4_pooled, valid = jax.vmap(per_frame)(l1, l4, labels)
-    sf = model.superfeatures(l1_pooled, l4_pooled, valid, train=train)
-    return Encoded(l1_cat, l4_cat, sf.astype(jnp.float32), valid)
+    """uint8 frames [N, H, W, 3] and superpixels int32 [N, H, W] -> `Encoded` (`embed` of the
+    frames normalised by `mean` and `std`, the released DAVIS statistics by default)."""
+    return embed(model, normalize(frames, mean, std), labels, num_segments, train=train)
 
 
 def memory_attention(

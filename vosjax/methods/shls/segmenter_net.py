@@ -1,18 +1,24 @@
-"""SHLS's segmenter: a memory-select gate and a refinement decoder, one object per batch element.
+"""SHLS's segmenter: the memory-select gate and the refinement decoder, as the released code.
 
-For one object in the current frame (objects are folded into the batch axis by the caller):
-  guide  = concat(attention maps, previous-frame probability)            [B, H, W, A + 1]
-  gate   = softmax(convs(concat(avgpool4(guide), avgpool2(L1))))          [B, H/4, W/4, 2]
-  fused  = gate_0 * L4_current + gate_1 * L4_previous                     [B, H/4, W/4, C4]
-  x      = ResBlock(conv3x3(concat(fused, avgpool4(guide))))              /4, hidden
-  x      = Refine(x, L1)        (x2 bilinear + conv3x3(L1), ResBlock)     /2, hidden / 2
-  x      = Refine(x, guide)     (x2 bilinear + conv3x3(guide), ResBlock)  /1, hidden / 4
-  logits = conv3x3(ReLU(x))                                               [B, H, W, 2]
-The released code ("Mem_select" + "SegmenterN", after STM's decoder) gates the 259-channel L4
-features of the last and current frames with conv layers on the attention maps and L1, and
-refines at /4 -> /2 -> /1 with ResBlocks; its exact widths are not documented, so here the
-decoder halves the width at each step (hidden 128: 128 / 64 / 32) and the gate is hidden / 4 wide.
-Convolutions carry a bias and no norm, with torch's default initialisation.
+For one object, on its box in the current frame padded to a multiple of 4 (h x w), with the
+last and the current frame stacked on the batch axis where two are given
+(`Models/get_model_LT.py`: `Mem_select`, `SegmenterN`, `Refine`, `ResBlock`, `ResidualBlock`):
+
+  MemorySelect(att [2, h, w, 4], L1 [2, h, w, 67], L4 [2, h/4, w/4, 259]):
+    g = softmax_channels(gate(convL2(L1) + convAM(att)))        three 3x3 stride-2 convs
+    out = (g * L4) with the two frames folded into channels     [1, h/4, w/4, 2 x 259]
+  The softmax runs over the 259 channels of each position (not over positions or frames).
+
+  SegmenterN(L1 [1, h, w, 69], L4 [1, h/4, w/4, 777], att [1, h, w, 4]):
+    l2 = layer2(L1)                          two ResidualBlocks (BN), 69 -> 128, /2
+    l4 = res_L4(convFM(L4))                  777 -> 256 at /4
+    l2 = RF2(l2, l4)                         Refine: ResMM(ResFS(convFS(l2)) + up2(l4))
+    l1 = RF1(concat(L1, att), l2)            73 -> 256 at /1
+    logits = pred(l1)                        [1, h, w, 2], background first
+
+ResBlock (STM's) is x + CBR(CBR(ReLU(x))) with CBR = conv3x3 (bias) + BatchNorm + ReLU.
+Widths are the released ones by default (gate 32, layer2 128, decoder 256); smoke configs
+shrink them. Convolutions pad symmetrically as torch does.
 """
 
 from __future__ import annotations
@@ -27,9 +33,15 @@ from vosjax.models import resnet
 
 
 def _conv(
-    in_features: int, out_features: int, kernel_size: int, *, dtype: resnet.Dtype, rngs: nnx.Rngs
+    in_features: int,
+    out_features: int,
+    kernel_size: int,
+    *,
+    stride: int = 1,
+    dtype: resnet.Dtype,
+    rngs: nnx.Rngs,
 ) -> nnx.Conv:
-    """A biased stride-1 conv, symmetric 'same' padding, torch's nn.Conv2d default init.
+    """A biased conv with torch's symmetric padding and nn.Conv2d's default init.
 
     torch draws kernel and bias from U(-1/sqrt(fan_in), 1/sqrt(fan_in)); variance_scaling(1/3,
     fan_in, uniform) has exactly that bound for the kernel.
@@ -44,6 +56,7 @@ def _conv(
         in_features,
         out_features,
         (kernel_size, kernel_size),
+        strides=stride,
         padding=((pad, pad), (pad, pad)),
         dtype=dtype,
         kernel_init=nnx.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform"),
@@ -52,200 +65,197 @@ def _conv(
     )
 
 
-def _avg_pool(x: jax.Array, factor: int) -> jax.Array:
-    """Mean over non-overlapping factor x factor cells: [B, H, W, C] -> [B, H/f, W/f, C]."""
+def upsample2(x: jax.Array) -> jax.Array:
+    """x2 bilinear upsampling of [B, h, w, C] (torch's scale_factor=2, align_corners=False)."""
     b, h, w, c = x.shape
-    return jnp.mean(x.reshape(b, h // factor, factor, w // factor, factor, c), axis=(2, 4))
+    return jax.image.resize(x, (b, 2 * h, 2 * w, c), "bilinear", antialias=False)
 
 
-def _upsample2(x: jax.Array) -> jax.Array:
-    """x2 bilinear upsampling of [B, h, w, C] (torch's align_corners=False)."""
-    b, h, w, c = x.shape
-    return jax.image.resize(x, (b, 2 * h, 2 * w, c), "bilinear")
+class ConvNormReLU(nnx.Module):
+    """conv3x3 (bias) + BatchNorm + ReLU: one `nn.Sequential` of the released ResBlock."""
+
+    def __init__(self, channels: int, *, dtype: resnet.Dtype = None, rngs: nnx.Rngs):
+        self.conv = _conv(channels, channels, 3, dtype=dtype, rngs=rngs)
+        self.norm = resnet.make_norm("batch", channels, dtype=dtype, rngs=rngs)
+
+    def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+        return nnx.relu(self.norm(self.conv(x), use_running_average=not train))
 
 
 class ResBlock(nnx.Module):
-    """Pre-activation residual block of constant width: x + conv3x3(ReLU(conv3x3(ReLU(x))))."""
+    """The released (STM-style) ResBlock of constant width: x + CBR2(CBR1(ReLU(x)))."""
 
     def __init__(self, channels: int, *, dtype: resnet.Dtype = None, rngs: nnx.Rngs):
-        self.conv1 = _conv(channels, channels, 3, dtype=dtype, rngs=rngs)
-        self.conv2 = _conv(channels, channels, 3, dtype=dtype, rngs=rngs)
+        self.conv1 = ConvNormReLU(channels, dtype=dtype, rngs=rngs)
+        self.conv2 = ConvNormReLU(channels, dtype=dtype, rngs=rngs)
 
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
         """x [B, H, W, C] -> [B, H, W, C]."""
-        return x + self.conv2(nnx.relu(self.conv1(nnx.relu(x))))
+        return x + self.conv2(self.conv1(nnx.relu(x), train=train), train=train)
 
 
 class Refine(nnx.Module):
-    """One x2 decoder step: ResBlock(conv3x3(skip) + upsample2(conv1x1(x)))."""
+    """One x2 decoder step: ResMM(ResFS(convFS(f)) + upsample2(pm))."""
 
     def __init__(
-        self,
-        in_features: int,
-        skip_features: int,
-        out_features: int,
-        *,
-        dtype: resnet.Dtype = None,
-        rngs: nnx.Rngs,
+        self, in_features: int, planes: int, *, dtype: resnet.Dtype = None, rngs: nnx.Rngs
     ):
         kw = {"dtype": dtype, "rngs": rngs}
-        # Reduce before upsampling: the 1x1 conv then runs on 4x fewer pixels.
-        self.reduce = _conv(in_features, out_features, 1, **kw)
-        self.skip = _conv(skip_features, out_features, 3, **kw)
-        self.block = ResBlock(out_features, **kw)
+        self.conv_fs = _conv(in_features, planes, 3, **kw)
+        self.res_fs = ResBlock(planes, **kw)
+        self.res_mm = ResBlock(planes, **kw)
 
-    def __call__(self, x: jax.Array, skip: jax.Array) -> jax.Array:
-        """x [B, h, w, in_features], skip [B, 2h, 2w, skip_features] -> [B, 2h, 2w, out]."""
-        return self.block(self.skip(skip) + _upsample2(self.reduce(x)))
+    def __call__(self, f: jax.Array, pm: jax.Array, *, train: bool) -> jax.Array:
+        """f [B, 2h, 2w, in_features], pm [B, h, w, planes] -> [B, 2h, 2w, planes]."""
+        s = self.res_fs(self.conv_fs(f), train=train)
+        return self.res_mm(s + upsample2(pm), train=train)
 
 
-class SegmentationNet(nnx.Module):
-    """(L4 now and before, L1, attention maps, previous mask) -> [B, H, W, 2] logits.
-
-    See the module docstring for the layers. Channel 0 of the logits is the background, 1 the
-    object.
-    """
+class MemorySelect(nnx.Module):
+    """The released `Mem_select`: a per-position softmax gate over the L4 channels."""
 
     def __init__(
         self,
         l1_dim: int,
         l4_dim: int,
         attention_dim: int = 4,
-        hidden: int = 128,
+        hidden: int = 32,
         *,
         dtype: resnet.Dtype = None,
         rngs: nnx.Rngs,
     ):
-        """Builds the gate and the decoder.
-
-        Args:
-          l1_dim: channels of the /2 features L1 (64, or 67 with the info map).
-          l4_dim: channels of the /4 features L4 (256, or 259 with the info map).
-          attention_dim: attention maps per object (4: kNN similarity to the object, max to the
-            other classes, centroid similarity, max to the other centroids).
-          hidden: decoder width at /4; /2 and /1 use hidden // 2 and hidden // 4, the gate
-            hidden // 4. 128 by default, 16 in smoke configs.
-          dtype: compute dtype; parameters stay float32.
-          rngs: initialisation randomness.
+        """Builds convAM, convL2 (3x3 stride 2 to `hidden`) and gate (3x3 stride 2 to l4_dim).
 
         Raises:
-          ValueError: if a dim is < 1 or hidden < 4.
+          ValueError: if a size is < 1.
         """
-        if min(l1_dim, l4_dim, attention_dim) < 1:
+        if min(l1_dim, l4_dim, attention_dim, hidden) < 1:
             raise ValueError(
-                f"SegmentationNet l1_dim={l1_dim}, l4_dim={l4_dim}, "
-                f"attention_dim={attention_dim}; expected >= 1"
+                f"MemorySelect l1_dim={l1_dim}, l4_dim={l4_dim}, attention_dim={attention_dim}, "
+                f"hidden={hidden}; expected >= 1"
             )
-        if hidden < 4:
-            raise ValueError(f"SegmentationNet hidden={hidden}; expected >= 4")
-        kw = {"dtype": dtype, "rngs": rngs}
-        guide_dim = attention_dim + 1
-        quarter, half = hidden // 4, hidden // 2
-        self.gate1 = _conv(l1_dim + guide_dim, quarter, 3, **kw)
-        self.gate2 = _conv(quarter, quarter, 3, **kw)
-        self.gate_out = _conv(quarter, 2, 1, **kw)
-        self.modulate = _conv(l4_dim + guide_dim, hidden, 3, **kw)
-        self.block4 = ResBlock(hidden, **kw)
-        self.refine2 = Refine(hidden, l1_dim, half, **kw)
-        self.refine1 = Refine(half, guide_dim, quarter, **kw)
-        self.predict = _conv(quarter, 2, 3, **kw)
-        self.l1_dim = l1_dim
-        self.l4_dim = l4_dim
-        self.attention_dim = attention_dim
-        self.dtype = dtype
+        kw = {"stride": 2, "dtype": dtype, "rngs": rngs}
+        self.conv_am = _conv(attention_dim, hidden, 3, **kw)
+        self.conv_l2 = _conv(l1_dim, hidden, 3, **kw)
+        self.gate = _conv(hidden, l4_dim, 3, **kw)
+        self.l1_dim, self.l4_dim, self.attention_dim = l1_dim, l4_dim, attention_dim
 
-    def _guide(self, attention: jax.Array, prev_mask: jax.Array) -> jax.Array:
-        """concat(attention, prev_mask) [B, H, W, A + 1] in the compute dtype."""
-        guide = jnp.concatenate([attention, prev_mask[..., None].astype(attention.dtype)], -1)
-        return guide.astype(self.dtype or jnp.result_type(guide, jnp.float32))
+    def gate_weights(self, attention: jax.Array, l1: jax.Array) -> jax.Array:
+        """[F, h, w, A], [F, h, w, l1_dim] -> softmax over channels [F, h/4, w/4, l4_dim]."""
+        x = self.conv_l2(l1) + self.conv_am(attention.astype(l1.dtype))
+        return jax.nn.softmax(self.gate(x), axis=-1)
 
-    def _gate(self, l1: jax.Array, guide4: jax.Array) -> jax.Array:
-        x = jnp.concatenate([guide4, _avg_pool(l1.astype(guide4.dtype), 2)], axis=-1)
-        x = nnx.relu(self.gate2(nnx.relu(self.gate1(x))))
-        return jax.nn.softmax(self.gate_out(x).astype(jnp.float32), axis=-1)
-
-    def _check(
-        self,
-        l1: jax.Array,
-        attention: jax.Array,
-        prev_mask: jax.Array,
-        cur_l4: jax.Array | None = None,
-        prev_l4: jax.Array | None = None,
-    ) -> None:
-        """Raises ValueError unless the shapes fit the [B, H, W] of `attention`."""
-        if attention.ndim != 4 or attention.shape[-1] != self.attention_dim:
-            raise ValueError(
-                f"SegmentationNet attention of shape {attention.shape}; expected "
-                f"[B, H, W, {self.attention_dim}]"
-            )
-        b, h, w = attention.shape[:3]
-        if h % 4 or w % 4:
-            raise ValueError(
-                f"SegmentationNet attention of shape {attention.shape}; expected H and W "
-                "multiples of 4"
-            )
-        expected = {
-            "l1": (l1, (b, h // 2, w // 2, self.l1_dim)),
-            "prev_mask": (prev_mask, (b, h, w)),
-            "cur_l4": (cur_l4, (b, h // 4, w // 4, self.l4_dim)),
-            "prev_l4": (prev_l4, (b, h // 4, w // 4, self.l4_dim)),
-        }
-        for name, (x, shape) in expected.items():
-            if x is not None and x.shape != shape:
-                raise ValueError(f"SegmentationNet {name} of shape {x.shape}; expected {shape}")
-
-    def memory_gate(self, l1: jax.Array, attention: jax.Array, prev_mask: jax.Array) -> jax.Array:
-        """The memory-select gate alone.
+    def __call__(self, attention: jax.Array, l1: jax.Array, l4: jax.Array) -> jax.Array:
+        """The gated L4 of F frames folded into channels.
 
         Args:
-          l1: [B, H/2, W/2, l1_dim] L1 features of the current frame.
-          attention: [B, H, W, attention_dim] the object's attention maps.
-          prev_mask: [B, H, W] the object's probability in the previous frame.
+          attention: [B, F, h, w, attention_dim] attention maps (F frames, e.g. last and this).
+          l1: [B, F, h, w, l1_dim].
+          l4: [B, F, h/4, w/4, l4_dim] (h, w multiples of 4).
 
         Returns:
-          float32 [B, H/4, W/4, 2], weights of (current, previous) L4 that sum to 1.
+          [B, h/4, w/4, F x l4_dim]: frame 0's gated channels first (torch's `.view(1, 2c, ...)`
+          of the [2, c, ...] batch).
 
         Raises:
           ValueError: on shapes that do not fit together.
         """
-        self._check(l1, attention, prev_mask)
-        return self._gate(l1, _avg_pool(self._guide(attention, prev_mask), 4))
+        b, f, h, w = attention.shape[:4]
+        expected = {
+            "attention": (attention, (b, f, h, w, self.attention_dim)),
+            "l1": (l1, (b, f, h, w, self.l1_dim)),
+            "l4": (l4, (b, f, -(-h // 4), -(-w // 4), self.l4_dim)),
+        }
+        for name, (x, shape) in expected.items():
+            if x.shape != shape:
+                raise ValueError(f"MemorySelect {name} of shape {x.shape}; expected {shape}")
+        fold = lambda x: x.reshape(b * f, *x.shape[2:])  # noqa: E731
+        gate = self.gate_weights(fold(attention), fold(l1))
+        gated = gate * fold(l4).astype(gate.dtype)
+        gated = gated.reshape(b, f, *gated.shape[1:])  # [B, F, h4, w4, C]
+        return jnp.moveaxis(gated, 1, -2).reshape(*gated.shape[:1], *gated.shape[2:4], -1)
 
-    def __call__(
+
+class SegmenterN(nnx.Module):
+    """The released `SegmenterN`: (L1 crops, L4 crops, attention) -> 2-class logits."""
+
+    def __init__(
         self,
-        cur_l4: jax.Array,
-        prev_l4: jax.Array,
-        l1: jax.Array,
-        attention: jax.Array,
-        prev_mask: jax.Array,
+        l1_dim: int,
+        l4_dim: int,
+        attention_dim: int = 4,
+        width: int = 256,
         *,
-        train: bool = False,
-    ) -> jax.Array:
-        """Segments one object per batch element.
+        dtype: resnet.Dtype = None,
+        rngs: nnx.Rngs,
+    ):
+        """Builds the decoder.
 
         Args:
-          cur_l4: [B, H/4, W/4, l4_dim] L4 features of the current frame.
-          prev_l4: [B, H/4, W/4, l4_dim] L4 features of the previous frame.
-          l1: [B, H/2, W/2, l1_dim] L1 features of the current frame.
-          attention: [B, H, W, attention_dim] the object's attention maps in the current frame.
-          prev_mask: [B, H, W] the object's probability in the previous frame.
-          train: unused (the network has no norm or dropout); kept so that every SHLS network
-            is called alike.
-
-        Returns:
-          float32 [B, H, W, 2] logits, background first.
+          l1_dim: channels of the full-size input (69 = first mask, last prediction, first
+            frame's 67-channel L1).
+          l4_dim: channels of the /4 input (777 = first frame's RoI L4 ++ MemorySelect's 518).
+          attention_dim: channels of the current frame's attention maps (4).
+          width: decoder width (256); layer2 has width / 2.
+          dtype: compute dtype; parameters stay float32.
+          rngs: initialisation randomness.
 
         Raises:
-          ValueError: on shapes that do not fit together or H, W not multiples of 4.
+          ValueError: if a size is < 1 or width < 2.
         """
-        del train
-        self._check(l1, attention, prev_mask, cur_l4, prev_l4)
-        guide = self._guide(attention, prev_mask)
-        dtype = guide.dtype
-        guide4 = _avg_pool(guide, 4)
-        gate = self._gate(l1, guide4).astype(dtype)
-        fused = gate[..., :1] * cur_l4.astype(dtype) + gate[..., 1:] * prev_l4.astype(dtype)
-        x = self.block4(self.modulate(jnp.concatenate([fused, guide4], axis=-1)))
-        x = self.refine2(x, l1.astype(dtype))
-        x = self.refine1(x, guide)
-        return self.predict(nnx.relu(x)).astype(jnp.float32)
+        if min(l1_dim, l4_dim, attention_dim) < 1 or width < 2:
+            raise ValueError(
+                f"SegmenterN l1_dim={l1_dim}, l4_dim={l4_dim}, attention_dim={attention_dim}, "
+                f"width={width}; expected dims >= 1 and width >= 2"
+            )
+        kw = {"dtype": dtype, "rngs": rngs}
+        half = width // 2
+        block = {"dilation": 1, "norm": "batch", "zero_init_residual": False, **kw}
+        self.layer2 = nnx.List(
+            [
+                resnet.BasicBlock(l1_dim, half, stride=2, **block),
+                resnet.BasicBlock(half, half, stride=1, **block),
+            ]
+        )
+        self.conv_fm = _conv(l4_dim, width, 3, **kw)
+        self.res_l4 = ResBlock(width, **kw)
+        self.rf2 = Refine(half, width, **kw)
+        self.rf1 = Refine(l1_dim + attention_dim, width, **kw)
+        self.pred = _conv(width, 2, 3, **kw)
+        self.l1_dim, self.l4_dim, self.attention_dim = l1_dim, l4_dim, attention_dim
+
+    def __call__(
+        self, l1: jax.Array, l4: jax.Array, attention: jax.Array, *, train: bool = False
+    ) -> jax.Array:
+        """Logits of one object per batch element.
+
+        Args:
+          l1: [B, h, w, l1_dim], h and w multiples of 4.
+          l4: [B, h/4, w/4, l4_dim].
+          attention: [B, h, w, attention_dim].
+          train: batch statistics (and their updates) in the BatchNorms if True.
+
+        Returns:
+          float32 [B, h, w, 2], background first.
+
+        Raises:
+          ValueError: on shapes that do not fit together.
+        """
+        b, h, w = l1.shape[:3]
+        expected = {
+            "l1": (l1, (b, h, w, self.l1_dim)),
+            "l4": (l4, (b, h // 4, w // 4, self.l4_dim)),
+            "attention": (attention, (b, h, w, self.attention_dim)),
+        }
+        if h % 4 or w % 4:
+            raise ValueError(f"SegmenterN l1 of shape {l1.shape}; expected h, w multiples of 4")
+        for name, (x, shape) in expected.items():
+            if x.shape != shape:
+                raise ValueError(f"SegmenterN {name} of shape {x.shape}; expected {shape}")
+        x2 = l1
+        for block in self.layer2:
+            x2 = block(x2, train=train)
+        x4 = self.res_l4(self.conv_fm(l4), train=train)
+        x2 = self.rf2(x2, x4, train=train)
+        x1 = self.rf1(jnp.concatenate([l1, attention.astype(l1.dtype)], -1), x2, train=train)
+        return self.pred(x1).astype(jnp.float32)
