@@ -65,6 +65,9 @@ def get_config(
             "clusters_per_class": 2,
             "kmeans_iters": 20,  # faiss: 300 iterations, 10 restarts
             "kmeans_restarts": 3,
+            # eval.protocol='released': faiss's 300 iterations and 10 restarts.
+            "released_kmeans_iters": 300,
+            "released_kmeans_restarts": 10,
             "capacity_frames": 10,  # memory = 10 x max_superpixels entries
             "fixed_frames": 5,  # the first 5 x max_superpixels entries are never overwritten
             "confidence": 0.4,  # write superpixels with mean prob >= 0.4 x their class mean
@@ -115,6 +118,11 @@ def get_config(
     config.eval.short_side = None if smoke else 480  # frames resized to this short side
     # 'decoder': the segmentation net (the paper); 'preseg': the kNN pre-segmentation alone.
     config.eval.output = "decoder"
+    # 'released': the released test loop (superpixels merged to the first mask, memory fitted
+    # on them, per-object boxes, RoIAlign, memory updates of confident superpixels); 'vosjax':
+    # a fixed-size memory bank and whole-frame segmenter inputs (jitted; objects may start
+    # after frame 0).
+    config.eval.protocol = "vosjax" if smoke else "released"
     # The last prediction the segmenter sees after a predicted frame: 'log_odds' (released)
     # or 'prob'.
     config.eval.last_pred = "log_odds"

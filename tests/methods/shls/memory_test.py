@@ -123,3 +123,29 @@ def test_predict_paints_labels_similarities_and_boxes():
     # first predicted frame's box of the object (here the last segmentation's, r = 0).
     second = mem.predict(x, spx, gt)
     assert second.boxes[0] == (0, 6, 4, 8)  # superpixels 2 and 4 (kNN label 2), r=0.3 adds 0
+
+
+def test_spx_pools_merge_follows_the_label_borders():
+    spx = np.array([[1, 1, 2, 2]] * 4, np.int32)
+    label = np.array([[1, 2, 2, 2]] * 4, np.int32)
+    np.testing.assert_array_equal(memory.spx_pools(spx, label), [1, 2])  # tie -> smallest
+    pools, merged = memory.spx_pools(spx, label, merge=True)
+    # Column 1 (object pixels in a background superpixel) becomes its own superpixel.
+    np.testing.assert_array_equal(merged, [[1, 3, 2, 2]] * 4)
+    np.testing.assert_array_equal(pools, [1, 2, 2])
+    np.testing.assert_array_equal(memory.reorder_labels(np.array([[0, 4, 9], [4, 2, 0]])),
+                                  [[0, 2, 3], [2, 1, 0]])  # fmt: skip
+
+
+def test_confident_pools_compare_superpixel_means_with_class_means():
+    spx = np.array([[1, 1, 2, 2]], np.int32)
+    seg = np.array([[1, 1, 2, 2]], np.int32)
+    pred = np.array([[[3.0, 1.0, -2.0, -4.0]], [[-3.0, -1.0, 2.0, 4.0]]], np.float32)
+    # Background: pixels below its maximum (1.0) -> 0.4; superpixel 1's mean 2 >= 0.4.
+    # Object: mean 3 -> 1.2; superpixel 2's mean 3 >= 1.2.
+    np.testing.assert_array_equal(memory.confident_pools(spx, seg, pred, 2), [1, 1])
+    # One background pixel: nothing is below its maximum, the mean is NaN and no superpixel
+    # passes for the background; superpixel 1 (mean -2) fails the object's 0.4 x 5 / 3.
+    seg2 = np.array([[1, 2, 2, 2]], np.int32)
+    np.testing.assert_array_equal(memory.confident_pools(spx, seg2, pred, 2), [0, 1])
+    assert memory.confident_pools(spx, np.full_like(seg, 2), pred, 2) is None  # no background

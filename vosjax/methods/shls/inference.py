@@ -123,6 +123,19 @@ def _preseg_probs(preseg: np.ndarray, rois: np.ndarray, object_valid: np.ndarray
     return np.concatenate([~fg.any(0, keepdims=True), fg]).astype(np.float32)
 
 
+def superpixel_function(config: ml_collections.ConfigDict):
+    """frame uint8 [H, W, 3] -> 0-based superpixels int [H, W] of `config.eval.superpixels`."""
+    ev = config.eval
+    if ev.superpixels == "isec":
+        return isec.isec
+    return functools.partial(
+        slic.slic,
+        num_segments=ev.slic_segments,
+        compactness=config.data.compactness,
+        sigma=config.data.sigma,
+    )
+
+
 class SHLSSegmenter:
     """`evaluate.Segmenter` of a trained SHLS model (a snapshot of its weights)."""
 
@@ -139,15 +152,7 @@ class SHLSSegmenter:
                 f"config.eval.last_pred={ev.last_pred!r}: expected one of {LAST_PREDS}"
             )
         self.last_pred = ev.last_pred
-        if ev.superpixels == "isec":
-            self.superpixel_fn = isec.isec
-        else:
-            self.superpixel_fn = functools.partial(
-                slic.slic,
-                num_segments=ev.slic_segments,
-                compactness=config.data.compactness,
-                sigma=config.data.sigma,
-            )
+        self.superpixel_fn = superpixel_function(config)
         self.capacity = mem.capacity_frames * self.max_superpixels
         self.num_fixed = mem.fixed_frames * self.max_superpixels
         self.graphdef, self.state = nnx.split(model)

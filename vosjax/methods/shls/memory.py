@@ -294,3 +294,93 @@ class ReleasedMemory:
         return Prediction(
             knn_pred.astype(np.int32), knn_sim, cent_sim, preseg_raw, preseg, boxes, attmaps
         )
+
+
+def _modes(spx: np.ndarray, label: np.ndarray, num_spx: int) -> np.ndarray:
+    """int [num_spx]: each superpixel 1..num_spx's most frequent label (torch.mode: the
+    smallest on ties); 0 for a superpixel without pixels."""
+    label = label.astype(np.int64)
+    if label.min(initial=0) < 0:
+        raise ValueError("labels must be >= 0")
+    width = int(label.max(initial=0)) + 1
+    inside = (spx >= 1) & (spx <= num_spx)
+    hist = np.bincount(
+        (spx[inside].astype(np.int64) - 1) * width + label[inside], minlength=num_spx * width
+    ).reshape(num_spx, width)
+    return np.where(hist.sum(1) > 0, hist.argmax(1), 0)
+
+
+def reorder_labels(labels: np.ndarray) -> np.ndarray:
+    """The released `reorder_labels`: labels >= 1 renumbered 1..n in order, gaps removed."""
+    present = np.unique(labels[labels >= 1])
+    lookup = np.zeros(int(labels.max(initial=0)) + 1, labels.dtype)
+    lookup[present] = np.arange(1, len(present) + 1)
+    return np.where(labels >= 1, lookup[np.maximum(labels, 0)], labels)
+
+
+def merge_spx_label(spx: np.ndarray, label: np.ndarray, spx2label: np.ndarray) -> np.ndarray:
+    """The released `merge_spx_label`: superpixels made to follow the label borders.
+
+    For each label i: pixels of label i inside a superpixel whose majority is i keep the
+    superpixel's id; pixels of label i inside other superpixels are regrouped into their
+    4-connected components, each a new superpixel (numbered after the ids so far); pixels of
+    other labels are handled by their own label's pass. The ids are then made consecutive.
+    """
+    num_spx = int(spx.max())
+    output = np.zeros_like(spx, dtype=np.int64)
+    for i in range(1, int(label.max()) + 1):
+        own = (label == i) & (spx2label == i)
+        foreign = (label == i) & (spx2label != i)
+        components, _ = ndimage.label(foreign)  # skimage label(connectivity=1)
+        part = np.where(own, spx, 0).astype(np.int64)
+        part += np.where(foreign, num_spx + i + components, 0)
+        output += part
+        num_spx = int(output.max())
+    return reorder_labels(output).astype(spx.dtype)
+
+
+def spx_pools(spx: np.ndarray, label: np.ndarray, merge: bool = False):
+    """The released `get_spx_pools` for one frame (1-based superpixels and labels).
+
+    Returns:
+      the label (mode) of each superpixel 1..max(spx); with merge=True, (those labels of the
+      merged superpixels, the merged superpixel map `merge_spx_label`).
+    """
+    num_spx = int(spx.max())
+    pools = _modes(spx, label, num_spx)
+    if not merge:
+        return pools
+    painted = np.where(spx >= 1, pools[np.clip(spx, 1, num_spx) - 1], 0)
+    merged = merge_spx_label(spx, label, painted)
+    return _modes(merged, label, int(merged.max())), merged
+
+
+def confident_pools(
+    spx: np.ndarray, seg: np.ndarray, pred: np.ndarray, num_cls: int, r: float = 0.4
+) -> np.ndarray | None:
+    """The released `get_confident_pools` (one frame): superpixel s (1-based) is confident
+    when, for some class c, the mean of pred[c] over s is >= r x the mean of pred[c] over the
+    pixels segmented as c (for the background, over its pixels below the background's
+    maximum). `pred` is what the released test loop gives it: the log-odds.
+
+    Returns:
+      int [max(spx)] of 0 / 1, or None when the background has no pixel or nothing is
+      confident (the released code then skips the memory update).
+    """
+    num_spx = int(spx.max())
+    counts = np.bincount(spx.ravel(), minlength=num_spx + 1)[1:]
+    val = np.zeros(num_spx, np.int64)
+    for c in range(num_cls):
+        values = pred[c][seg == c + 1]
+        if c == 0:
+            if not values.size:
+                return None
+            below = values[values < values.max()]
+            m_cls = below.mean() if below.size else np.nan
+        else:
+            m_cls = values.mean() if values.size else np.nan
+        sums = np.bincount(spx.ravel(), weights=pred[c].ravel(), minlength=num_spx + 1)[1:]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            m_spx = (sums / counts).astype(np.float32)
+            val[m_spx >= np.float32(m_cls) * np.float32(r)] = 1
+    return val if val.any() else None

@@ -34,11 +34,12 @@ from flax import nnx
 
 from vosjax.data import pseudo_sequences, still_images
 from vosjax.data.superpixels import slic
-from vosjax.methods.shls import inference, roi_segment
+from vosjax.methods.shls import inference, released_inference, roi_segment
 from vosjax.methods.shls import model as model_lib
 from vosjax.ops import contrastive, memory_clustering, segment_pooling, soft_aggregation
 
 KMEANS_STREAM = 1
+PROTOCOLS = ("released", "vosjax")  # config.eval.protocol
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,6 +105,10 @@ class SHLS:
             raise ValueError(f"config.data.size={config.data.size}: expected a multiple of 4")
         if config.data.max_objects < 1:
             raise ValueError(f"config.data.max_objects={config.data.max_objects}: expected >= 1")
+        if config.eval.protocol not in PROTOCOLS:
+            raise ValueError(
+                f"config.eval.protocol={config.eval.protocol!r}: expected one of {PROTOCOLS}"
+            )
         if config.eval.superpixels not in ("isec", "slic"):
             raise ValueError(
                 f"config.eval.superpixels={config.eval.superpixels!r}: expected 'isec' or 'slic'"
@@ -276,6 +281,10 @@ class SHLS:
             total += -jnp.mean(jnp.sum(target * log_probs, 1))
         return total
 
-    def make_segmenter(self, model: model_lib.SHLSModel) -> inference.SHLSSegmenter:
-        """The memory-clustering segmenter of `config.eval` and `config.memory`."""
+    def make_segmenter(self, model: model_lib.SHLSModel):
+        """The memory-clustering segmenter of `config.eval` and `config.memory`:
+        `config.eval.protocol` 'released' (the released test loop, boxes per object) or
+        'vosjax' (a fixed-size memory bank, whole-frame segmenter inputs, jitted)."""
+        if self.config.eval.protocol == "released":
+            return released_inference.ReleasedSegmenter(model, self.config)
         return inference.SHLSSegmenter(model, self.config)
