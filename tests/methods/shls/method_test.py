@@ -203,6 +203,16 @@ def test_preseg_output_on_a_static_video_is_the_first_mask_snapped_to_superpixel
     assert not np.array_equal(decoded[1], expected)
 
 
+@pytest.mark.parametrize(("field", "value"), [("protocol", "stm"), ("last_pred", "logits")])
+def test_unknown_protocol_or_last_pred_names_the_field(field, value):
+    config = _config()
+    config.eval[field] = value
+    with pytest.raises(ValueError, match=f"config.eval.{field}"):
+        method.SHLS(config).make_segmenter(
+            method.SHLS(_config()).build_model(_config(), nnx.Rngs(0))
+        )
+
+
 def test_unknown_output_names_the_field():
     config = _config()
     config.eval.output = "knn"

@@ -489,3 +489,53 @@ def test_gradient_reaches_every_parameter():
     assert len(leaves) == len(jax.tree.leaves(nnx.state(models, nnx.Param)))
     dead = [jax.tree_util.keystr(p) for p, g in leaves if not np.any(np.asarray(g))]
     assert not dead, dead
+
+
+# ---------------------------------------------------------------- embedding (SPX_embedding)
+
+
+def test_embedding_maps_pool_l4_on_the_nearest_quarter_labels():
+    from configs.shls import base
+    from vosjax.methods.shls import method
+    from vosjax.methods.shls import model as model_lib
+
+    config = base.get_config("smoke")
+    model = method.SHLS(config).build_model(config, nnx.Rngs(0))
+    h, w = 18, 22  # not multiples of 4: /4 grid ceil(ceil(18/2)/2) x ... = 5 x 6
+    labels = np.zeros((h, w), np.int32)
+    labels[:, 11:] = 1
+    labels[9:, :] = 2
+    labels[1, 1] = 3  # one pixel: torch's nearest /4 samples rows 0, 3, 7, ... and misses it
+    images = _normal((1, h, w, 3), 11)
+    maps = model_lib.embedding_maps(model, images, jnp.asarray(labels[None]), 5, train=False)
+    assert maps.l1.shape == (1, h, w, 8 + 3) and maps.l4.shape == (1, 5, 6, 32 + 3)
+    np.testing.assert_array_equal(maps.l1_valid[0], [True, True, True, True, False])
+    np.testing.assert_array_equal(maps.l4_valid[0], [True, True, True, False, False])
+    np.testing.assert_array_equal(maps.listed[0], [True, True, True, True, False])
+    rows = np.floor(np.arange(5) * np.float32(h / 5)).astype(int)
+    cols = np.floor(np.arange(6) * np.float32(w / 6)).astype(int)
+    labels4 = labels[rows][:, cols]
+    # The /4 info channels: size / (5 x 6), mean row / 4, mean column / 5 of the /4 labels.
+    ys, xs = np.nonzero(labels4 == 2)
+    np.testing.assert_allclose(
+        maps.l4[0, 4, 0, -3:], [len(ys) / 30, ys.mean() / 4, xs.mean() / 5], rtol=1e-5
+    )
+    # The L4 mean of superpixel 1 is over its /4 cells.
+    np.testing.assert_allclose(
+        maps.l4_mean[0, 1], np.asarray(maps.l4[0])[labels4 == 1].mean(0), rtol=1e-5, atol=1e-6
+    )
+    np.testing.assert_allclose(
+        maps.l1_mean[0, 3], np.asarray(maps.l1[0, 1, 1]), rtol=1e-5, atol=1e-6
+    )
+
+
+def test_normalize_uses_the_given_statistics():
+    from vosjax.methods.shls import model as model_lib
+
+    frames = jnp.asarray(np.array(model_lib.DAVIS_MEAN) * 255 + 0.0)[None, None]
+    np.testing.assert_allclose(
+        model_lib.normalize(frames, model_lib.DAVIS_MEAN, model_lib.DAVIS_STD), 0, atol=1e-6
+    )
+    one = model_lib.normalize(jnp.full((1, 3), 255.0), model_lib.MSRA_MEAN, model_lib.MSRA_STD)
+    expected = (1 - np.array(model_lib.MSRA_MEAN)) / np.array(model_lib.MSRA_STD)
+    np.testing.assert_allclose(one[0], expected, rtol=1e-6)
