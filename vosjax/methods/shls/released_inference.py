@@ -41,7 +41,7 @@ class ReleasedSegmenter:
         self.config = config
         self.model = model
         self.short_side = config.eval.short_side
-        self.superpixels = inference.superpixel_function(config)
+        self.superpixel_fn = inference.superpixel_function(config)  # 0-based, as inference's
         self.max_superpixels = config.eval.max_superpixels
         mem = config.memory
         self.make_memory = functools.partial(
@@ -90,7 +90,7 @@ class ReleasedSegmenter:
         num_cls = 1 + max(sequence.start_frames, default=0)
         label0 = given.astype(np.int32) + 1
         frame0 = cv2.resize(sequence.read_frame(0), size[::-1], interpolation=cv2.INTER_LINEAR)
-        pools, spx0 = memory.spx_pools(self.superpixels(frame0) + 1, label0, merge=True)
+        pools, spx0 = memory.spx_pools(self.superpixel_fn(frame0) + 1, label0, merge=True)
         first, sf0 = self._frame(frame0, spx0)
         mem = self.make_memory()
         mem.fit(sf0, pools, num_cls)
@@ -103,7 +103,7 @@ class ReleasedSegmenter:
         yield inputs[0]
         for t in range(1, len(sequence)):
             frame = cv2.resize(sequence.read_frame(t), size[::-1], interpolation=cv2.INTER_LINEAR)
-            spx = self.superpixels(frame) + 1
+            spx = self.superpixel_fn(frame) + 1
             this, sf = self._frame(frame, spx)
             pred = mem.predict(sf, spx, lastseg)
             this_attention = [jnp.asarray(a.transpose(1, 2, 0)) for a in pred.attmaps]
