@@ -1,6 +1,7 @@
-"""SHLS inference: superfeatures in a clustered memory, attention maps, per-object decoding.
+"""SHLS inference, `config.eval.protocol='vosjax'`: a fixed-size memory bank and whole-frame
+segmenter inputs, jitted (the released test loop is `released_inference`, the default).
 
-For a video with the objects' masks given on their first frame (`evaluate.given_masks`):
+For a video with the objects' masks given on the frame each starts (`evaluate.given_masks`):
 1. every frame is resized so that its short side is `short_side` and both sides are multiples
    of 4, and cut into superpixels (ISEC by default; `config.eval.superpixels`), at most
    `max_superpixels` of them (the rest are ignored);
@@ -13,9 +14,12 @@ For a video with the objects' masks given on their first frame (`evaluate.given_
    pre-segmentation's connected components that overlap the previous mask by more than
    `outlier_overlap` of their area are kept and closed by their convex hull; the ROI is its
    box enlarged by `roi_margin`, no smaller than the object's first box (the previous mask's
-   box when nothing is kept). The segmentation net predicts each object from the attention
-   maps, the frame's features, the previous frame's layer4 and the previous probabilities,
-   zero outside the ROI; soft aggregation joins the objects;
+   box when nothing is kept). The released networks (MemorySelect + SegmenterN) predict each
+   object on the whole frame (`roi_segment.segment_full_frame`) from the first given frame's
+   maps and the object's given mask, the previous frame's maps, attention maps and
+   prediction (`config.eval.last_pred`: its log-odds as the released loop, or probabilities)
+   and this frame's maps and attention maps; the foreground is zeroed outside the ROI and
+   soft aggregation (the released float32 log-odds) joins the objects;
 4. superpixels whose mean probability of their arg-max class is at least `confidence` x that
    class's mean over the frame are written to the memory with that class.
 
