@@ -8,13 +8,15 @@ Training data: pseudo-sequences of T frames made from still images with a foregr
 - metric learning: NT-Xent (tau 0.07) over the superfeatures of frames 0..t for every frame t
   (frame t against the memory of the earlier ones; frame 0 alone), summed over t;
 - segmentation, for every frame t >= 1 and object k: the memory clusterer over frames 0..t-1
-  (kNN k=2 with vote weights 0.5^i, 2 spherical k-means centres per class) gives 4 attention
-  channels per class, painted onto the superpixels' pixels; the segmentation net takes them with
-  the layer1 / layer4 features of frame t, frame t-1's layer4 and frame t-1's mask of k, and
-  predicts object k inside its ROI; the objects are joined by soft aggregation and scored with
-  a cross-entropy against the pseudo mask. As in the released code the memory labels, the
-  previous masks and the ROIs are the ground truth during training (teacher forcing) and no
-  gradient flows through the clusterer;
+  (frame 0: over itself) gives 4 attention channels per class (the released kNN
+  `dist_per_class2`, 2 spherical k-means centres per class), painted onto the superpixels'
+  pixels; the released networks (MemorySelect + SegmenterN) take, on whole frames
+  (`roi_segment.segment_full_frame`), frame 0's mask of k and maps, frame t-1's maps,
+  attention maps and mask of k, and frame t's maps and attention maps, and predict object k
+  inside its ROI; the objects are joined by soft aggregation and scored with a cross-entropy
+  against the pseudo mask. The memory labels, the previous masks and the ROIs are the ground
+  truth (teacher forcing; the released loop feeds back its own predictions and boxes after
+  the first frame) and no gradient flows through the clusterer;
 loss = ml_weight NT-Xent / T + ce_weight CE / (T - 1).
 
 Batch (`make_train_loader` through the grain pipeline, B sequences of T frames of S x S):
