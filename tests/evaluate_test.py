@@ -20,12 +20,15 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 def _static_davis(root: pathlib.Path, num_frames: int = 6) -> np.ndarray:
-    """A DAVIS-2017 layout with one sequence whose frames never change; returns its mask."""
+    """A DAVIS-2017 layout with one sequence whose frames never change; returns its mask.
+
+    480 x 640: every preset's reader keeps this size (DINO's 480 and multiple of 64 included).
+    """
     rng = np.random.default_rng(0)
-    frame = rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)
-    mask = np.zeros((48, 64), np.uint8)
-    mask[8:24, 8:32] = 1  # whole 8x8 cells, so the stride-8 grid represents them exactly.
-    mask[32:48, 40:64] = 2
+    frame = rng.integers(0, 256, (480, 640, 3), dtype=np.uint8)
+    mask = np.zeros((480, 640), np.uint8)
+    mask[80:240, 80:320] = 1  # whole 8x8 cells, so the stride-8 grid represents them exactly.
+    mask[320:480, 400:640] = 2
     for t in range(num_frames):
         path = root / "JPEGImages" / "480p" / "still" / f"{t:05d}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -43,14 +46,17 @@ def test_static_video_keeps_the_first_mask(tmp_path, preset):
     config.data.davis_root = str(tmp_path / "davis")
     results = evaluate.run(config, str(tmp_path / "work"))
     # Every frame is the first mask taken to the feature grid and back (bilinear upsampling
-    # rounds the corners of the squares: that is the protocol, not an error).
+    # rounds the corners of the squares: that is the protocol, not an error); DINO and INO
+    # write the first mask itself for frame 0, CRW its labels taken back.
     propagator = propagation.VideoPropagator(propagation.from_config_dict(config.propagation), 3)
-    expected = propagator.to_mask(propagator.labels_from_mask(mask, (6, 8)), mask.shape)
+    expected = propagator.to_mask(propagator.labels_from_mask(mask, (60, 80)), mask.shape)
     assert (expected != mask).sum() > 0
+    first = mask if preset in ("dino", "ino") else expected
     for t in range(6):
         written = image_io.read_mask(tmp_path / "work" / "results" / "still" / f"{t:05d}.png")
-        np.testing.assert_array_equal(written, expected)
-    scores = davis_protocol.evaluate_sequence(np.stack([mask] * 6), np.stack([expected] * 6))
+        np.testing.assert_array_equal(written, first if t == 0 else expected)
+    predicted = np.stack([first] + [expected] * 5)
+    scores = davis_protocol.evaluate_sequence(np.stack([mask] * 6), predicted)
     expected_results = davis_protocol.summarize({f"still_{k}": v for k, v in scores.items()})
     assert results == expected_results
     assert 0.9 < results["J&F-Mean"] < 1.0
@@ -62,18 +68,22 @@ def test_static_video_keeps_the_first_mask(tmp_path, preset):
 
 
 def test_user_video_in_motion(tmp_path):
-    """A textured square moving right by one feature cell a frame is tracked."""
+    """A textured square moving right by one feature cell a frame is tracked.
+
+    480 x 1152: DINO's reader keeps it (a smaller video would be upscaled to a short side of
+    480, as DINO's reader does, which blurs a per-pixel texture into ambiguity).
+    """
     rng = np.random.default_rng(1)
-    background = rng.integers(0, 256, (64, 160, 3), dtype=np.uint8)
+    background = rng.integers(0, 256, (480, 1152, 3), dtype=np.uint8)
     square = rng.integers(0, 256, (24, 24, 3), dtype=np.uint8)
     folder = tmp_path / "frames"
     folder.mkdir()
     masks = []
     for t in range(8):
         frame = background.copy()
-        mask = np.zeros((64, 160), np.uint8)
-        frame[16:40, 16 + 8 * t : 40 + 8 * t] = square
-        mask[16:40, 16 + 8 * t : 40 + 8 * t] = 1
+        mask = np.zeros((480, 1152), np.uint8)
+        frame[128:152, 128 + 8 * t : 152 + 8 * t] = square
+        mask[128:152, 128 + 8 * t : 152 + 8 * t] = 1
         Image.fromarray(frame).save(folder / f"frame_{t}.png")
         masks.append(mask)
     image_io.write_mask(tmp_path / "first.png", masks[0])
@@ -136,16 +146,16 @@ def test_bad_config_fields_are_named(tmp_path):
 def test_youtube_vos_layout_object_starting_later(tmp_path):
     """A static YouTube-VOS video whose object 2 is annotated at its first frame, frame 3."""
     rng = np.random.default_rng(2)
-    frame = rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    frame = rng.integers(0, 256, (480, 640, 3), dtype=np.uint8)  # DINO's reader keeps it
     split = tmp_path / "ytvos" / "valid"
     names = [f"{5 * t:05d}" for t in range(6)]
     for name in names:
         path = split / "JPEGImages" / "vid" / f"{name}.jpg"
         path.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(frame).save(path, quality=100)
-    first, later = np.zeros((48, 64), np.uint8), np.zeros((48, 64), np.uint8)
-    first[8:24, 8:32] = 1
-    later[32:48, 40:64] = 2
+    first, later = np.zeros((480, 640), np.uint8), np.zeros((480, 640), np.uint8)
+    first[80:240, 80:320] = 1
+    later[320:480, 400:640] = 2
     image_io.write_mask(split / "Annotations" / "vid" / "00000.png", first)
     image_io.write_mask(split / "Annotations" / "vid" / "00015.png", later)
     meta = {"videos": {"vid": {"objects": {"1": {"frames": names}, "2": {"frames": names[3:]}}}}}
@@ -164,5 +174,7 @@ def test_youtube_vos_layout_object_starting_later(tmp_path):
             assert not (written[name] == 2).any(), t  # not yet started.
         else:
             assert (written[name] == 2).sum() > 0.7 * (later == 2).sum(), t
-    np.testing.assert_array_equal(written[names[4]], written[names[5]])  # a static video.
+    # A static video: frame 5 sees frame 4 in its context besides frame 3, which moves the
+    # soft labels a little; only a pixel or so on an object's border may flip.
+    assert (written[names[4]] != written[names[5]]).mean() < 1e-4
     assert (out / "submission.zip").is_file()

@@ -58,7 +58,13 @@ def given_masks(sequence: sequence_lib.VideoSequence) -> dict[int, np.ndarray]:
 
 
 class PropagationSegmenter:
-    """Label propagation of the first mask(s) over the features of `extractor`."""
+    """Label propagation of the first mask(s) over the features of `extractor`.
+
+    The frames reach the extractor as the config's reader gives them (`short_side`,
+    `size_multiple`, `fit`: DINO's 480 x 832 for a 480 x 854 frame); the given masks go to the
+    feature grid from their original size (`first_mask`), the soft labels come back as
+    `upsample` says, and annotated frames output as `first_output` says.
+    """
 
     def __init__(
         self,
@@ -69,22 +75,36 @@ class PropagationSegmenter:
         self.config = config
 
     def segment(self, sequence: sequence_lib.VideoSequence) -> Iterator[np.ndarray]:
+        for _, mask in self.labels_and_masks(sequence):
+            yield mask
+
+    def labels_and_masks(
+        self, sequence: sequence_lib.VideoSequence
+    ) -> Iterator[tuple[jax.Array, np.ndarray]]:
+        """Yields (soft labels [h, w, K] on the feature grid, uint8 ids [H, W]) per frame."""
         inputs = given_masks(sequence)
         if not sequence.start_frames:
             logging.warning("%s: the first mask holds no object", sequence.name)
         num_classes = 1 + max(sequence.start_frames, default=0)
-        first_features = self.extractor(sequence.read_frame(0))
         propagator = propagation.VideoPropagator(self.config, num_classes=num_classes)
+        first_features = self.extractor(propagator.read_frame(sequence.read_frame(0)))
         grid = first_features.shape[:2]
         given = {i: propagator.labels_from_mask(m, grid) for i, m in inputs.items()}
 
         def features() -> Iterator[jax.Array]:
             yield first_features
             for t in range(1, len(sequence)):
-                yield self.extractor(sequence.read_frame(t))
+                yield self.extractor(propagator.read_frame(sequence.read_frame(t)))
 
-        for probs in propagator.run(features(), given=given):
-            yield propagator.to_mask(probs, sequence.image_size)
+        first = min(inputs, default=None)
+        for t, probs in enumerate(propagator.run(features(), given=given)):
+            if t == first and self.config.first_output == "given":
+                yield probs, inputs[t]  # DINO and INO write the first mask itself
+                continue
+            mask = propagator.to_mask(probs, sequence.image_size)
+            if t in inputs and self.config.first_output == "given":
+                mask = np.where(inputs[t] > 0, inputs[t], mask)
+            yield probs, mask
 
 
 def build_extractor(config: ml_collections.ConfigDict) -> FeatureExtractor:

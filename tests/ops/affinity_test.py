@@ -18,13 +18,25 @@ def dense_reference(
     radius: float | None,
     neighbourhood: str,
     restrict_anchor: bool,
+    keep_ties: bool = False,
+    pad_with_anchor: bool = False,
 ) -> np.ndarray:
     """The textbook computation: full (hw x M hw) affinity, dense neighbourhood mask, top-k.
 
-    Context frame 0 is the anchor; `valid` [M] says which context frames count.
+    Context frame 0 is the anchor; `valid` [M] says which context frames count (with
+    `pad_with_anchor` the others are copies of the anchor). `keep_ties`: DINO's
+    `aff[aff < kth] = 0` then renormalise.
     """
     h, w, c = query.shape
     m = context_features.shape[0]
+    if pad_with_anchor:
+        copies = ~np.asarray(valid, bool)
+        copies[0] = False
+        context_features = np.where(
+            copies[:, None, None, None], context_features[:1], context_features
+        )
+        context_labels = np.where(copies[:, None, None, None], context_labels[:1], context_labels)
+        valid = np.ones_like(valid)
     sim = query.reshape(-1, c).astype(np.float64) @ context_features.reshape(-1, c).T
     yy, xx = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
     dy = yy.ravel()[None, :] - yy.ravel()[:, None]
@@ -40,11 +52,16 @@ def dense_reference(
         allowed[:, : h * w] = True
     allowed &= np.repeat(valid, h * w)[None, :]
     sim = np.where(allowed, sim, -np.inf)
+    labels = context_labels.reshape(-1, context_labels.shape[-1])
+    if keep_ties:
+        kth = -np.sort(-sim, axis=1)[:, top_k - 1 : top_k]
+        weights = np.where(sim >= kth, np.exp((sim - sim.max(1, keepdims=True)) / temperature), 0)
+        weights /= weights.sum(1, keepdims=True)
+        return (weights @ labels).reshape(h, w, -1)
     idx = np.argsort(-sim, axis=1, kind="stable")[:, :top_k]
     top = np.take_along_axis(sim, idx, 1) / temperature
     weights = np.exp(top - top.max(1, keepdims=True))
     weights /= weights.sum(1, keepdims=True)
-    labels = context_labels.reshape(-1, context_labels.shape[-1])
     return np.einsum("qk,qkc->qc", weights, labels[idx]).reshape(h, w, -1)
 
 
@@ -86,6 +103,8 @@ def test_matches_dense_reference_for_presets(preset, block_size):
         radius=cfg.radius,
         neighbourhood=cfg.neighbourhood,
         restrict_anchor=cfg.restrict_first_frame,
+        keep_ties=cfg.keep_ties,
+        pad_with_anchor=cfg.pad_with_anchor,
     )
     got = _run(query, feats, labels, valid, block_size, **kw)
     want = dense_reference(query, feats, labels, valid, **kw)
@@ -113,6 +132,67 @@ def test_matches_dense_reference_small_radii(radius, neighbourhood, restrict_anc
     for block_size, per_step in ((1, 1), ((2, 5), 1), (32, 1), (3, 4)):
         got = _run(query, feats, labels, valid, block_size, blocks_per_step=per_step, **kw)
         np.testing.assert_allclose(got, want, atol=1e-5, err_msg=f"{block_size}, {per_step}")
+
+
+@pytest.mark.parametrize("keep_ties", [False, True])
+def test_ties_at_the_kth_place(keep_ties):
+    # Seven context positions identical to the query (3 labelled 1, 4 labelled 2), the rest
+    # dissimilar. DINO keeps all seven (>= the 5th largest): (3 * e1 + 4 * e2) / 7; exactly
+    # five (CRW's torch.topk) gives a mix of five of them.
+    h, w, c = 4, 6, 8
+    rng = np.random.default_rng(7)
+    anchor = -np.abs(rng.normal(size=(h, w, c))).astype(np.float32)
+    anchor /= np.linalg.norm(anchor, axis=-1, keepdims=True)
+    query = np.zeros((h, w, c), np.float32)
+    query[..., 0] = 1.0  # every query is e0; the anchor has negative cosines with it ...
+    labels = np.zeros((h, w, 3), np.float32)
+    labels[..., 0] = 1.0
+    for i, (y, x) in enumerate([(0, 0), (0, 5), (1, 2), (2, 3), (3, 0), (3, 4), (2, 1)]):
+        anchor[y, x] = query[0, 0]  # ... except these seven, identical to it
+        labels[y, x] = (0.0, 1.0, 0.0) if i < 3 else (0.0, 0.0, 1.0)
+    ring = np.zeros((1, h, w, c), np.float32)
+    got = affinity.propagate_jit(
+        query, anchor, labels, ring, np.zeros((1, h, w, 3), np.float32), np.array([False]),
+        top_k=5, temperature=0.1, keep_ties=keep_ties,
+    )  # fmt: skip
+    got = np.asarray(got)
+    if keep_ties:
+        np.testing.assert_allclose(got, np.broadcast_to([0, 3 / 7, 4 / 7], got.shape), atol=1e-6)
+    else:
+        counts = got * 5  # five equal weights: counts of each label among the five
+        np.testing.assert_allclose(counts, np.round(counts), atol=1e-5)
+        np.testing.assert_allclose(got.sum(-1), 1.0, atol=1e-6)
+        assert (got[..., 0] == 0).all()
+
+
+def test_padding_with_anchor_copies_is_nearest_neighbour_at_frame_1():
+    # CRW at frame 1: 20 copies of frame 0 (restricted) + frame 0 itself (unrestricted). Where a
+    # query's best key lies inside the radius it has 21 copies, which fill the top 10: the
+    # prediction is that key's label (1-NN). Without the padding it is a top-10 average.
+    rng = np.random.default_rng(8)
+    h, w, c, k, n = 10, 12, 16, 3, 20
+    query, feats, _ = _random_problem(rng, h, w, c, 0, k)
+    anchor = feats[0]
+    labels = rng.dirichlet(np.ones(k), size=(h, w)).astype(np.float32)
+    ring = np.zeros((n, h, w, c), np.float32)
+    ring_labels = np.zeros((n, h, w, k), np.float32)
+    kw = dict(top_k=10, temperature=0.05, radius=12.0, neighbourhood="circle",
+              restrict_anchor=False)  # fmt: skip
+    args = (query, anchor, labels, ring, ring_labels, np.zeros(n, bool))
+    padded = np.asarray(affinity.propagate_jit(*args, pad_with_anchor=True, **kw))
+    plain = np.asarray(affinity.propagate_jit(*args, pad_with_anchor=False, **kw))
+    sim = query.reshape(-1, c) @ anchor.reshape(-1, c).T
+    best = np.argmax(sim, axis=1)  # the 12-cell circle holds the whole 10 x 12 grid's ...
+    yy, xx = np.divmod(best, w)
+    qy, qx = np.divmod(np.arange(h * w), w)
+    inside = (yy - qy) ** 2 + (xx - qx) ** 2 < 144  # ... except far corners
+    assert inside.mean() > 0.9
+    want = labels.reshape(-1, k)[best]
+    np.testing.assert_allclose(padded.reshape(-1, k)[inside], want[inside], atol=1e-6)
+    assert np.abs(plain.reshape(-1, k)[inside] - want[inside]).max() > 0.05
+    dense = dense_reference(query, anchor[None], labels[None], np.ones(1, bool), 10, 0.05,
+                            12.0, "circle", False)  # fmt: skip
+    np.testing.assert_allclose(plain, dense, atol=1e-5)
 
 
 def test_first_frame_exemption_reaches_beyond_the_radius():
@@ -196,6 +276,8 @@ def test_1080p_step_memory_is_bounded(preset, channels):
         radius=cfg.radius,
         neighbourhood=cfg.neighbourhood,
         restrict_anchor=cfg.restrict_first_frame,
+        keep_ties=cfg.keep_ties,
+        pad_with_anchor=cfg.pad_with_anchor,
     )
     f32 = jnp.float32
     shapes = [
@@ -215,7 +297,7 @@ def test_1080p_step_memory_is_bounded(preset, channels):
     plan = affinity.plan_blocks(
         (h, w), affinity.choose_block((h, w), half, n, cfg.restrict_first_frame), half
     )
-    estimate = affinity.step_bytes(plan, n, cfg.restrict_first_frame, c, k)
+    estimate = affinity.step_bytes(plan, n, cfg.restrict_first_frame, c, k, keep_ties=cfg.keep_ties)
     dense_affinity = (h * w) ** 2 * (n + 1) * 4  # 88 GB: what a dense computation would need
     assert temp <= estimate + 16 * 2**20, (temp, estimate)
     assert temp < 1 * 2**30

@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
+from PIL import Image
 
 from vosjax.ops import affinity, propagation
 
@@ -131,17 +132,23 @@ def test_frames_before_the_first_annotation_are_background():
 
 
 @pytest.mark.parametrize("num_recent", [0, 2, 3])
-def test_video_equals_a_frame_by_frame_reference(num_recent):
+@pytest.mark.parametrize("pad", [False, True])
+def test_video_equals_a_frame_by_frame_reference(num_recent, pad):
     # Random features and soft labels over 7 frames: the ring must hold exactly the frames
-    # t-N .. t-1 (only the existing ones early on) with their predicted labels. The reference
-    # builds each frame's context explicitly and calls the one-step op (itself checked against
-    # a dense numpy reference in affinity_test).
+    # t-N .. t-1 (only the existing ones early on, or CRW's copies of frame 0 in place of the
+    # missing ones with `pad_with_anchor`) with their predicted labels. The reference builds
+    # each frame's context explicitly and calls the one-step op (itself checked against a
+    # dense numpy reference in affinity_test).
     rng = np.random.default_rng(5)
     h, w, c, k = 11, 13, 8, 3
     video = rng.normal(size=(7, h, w, c)).astype(np.float32)
     labels0 = rng.dirichlet(np.ones(k), size=(h, w)).astype(np.float32)
     config = dataclasses.replace(
-        propagation.PRESETS["crw"], radius=4.0, num_recent=num_recent, block_size=(4, 5)
+        propagation.PRESETS["crw"],
+        radius=4.0,
+        num_recent=num_recent,
+        block_size=(4, 5),
+        pad_with_anchor=pad,
     )
     prop = propagation.VideoPropagator(config, num_classes=k)
     got = [np.asarray(p) for p in prop.run(iter(video), given={0: labels0})]
@@ -150,6 +157,8 @@ def test_video_equals_a_frame_by_frame_reference(num_recent):
     preds = [labels0]
     for t in range(1, len(video)):
         recent = list(range(max(1, t - num_recent), t))
+        if pad:  # CRW: the video padded in front with copies of frame 0
+            recent = [0] * (num_recent - len(recent)) + recent
         pred = affinity.propagate_jit(
             feats[t],
             feats[0],
@@ -197,7 +206,19 @@ def test_presets_and_config_dict():
         "bilinear",
     )
     assert (ino.top_k, ino.temperature, ino.num_recent, ino.radius) == (5, 0.1, 10, 40.0)
-    assert (ino.neighbourhood, ino.first_mask) == ("square", "bilinear")
+    assert (ino.neighbourhood, ino.first_mask) == ("square", "bilinear_align_corners")
+    # The released readers and writers (tests/reference/propagation_cases.py checks them).
+    reader = ("short_side", "size_multiple", "fit", "upsample", "first_output")
+    assert tuple(getattr(dino, f) for f in reader) == (480, 64, "resize", "reader", "given")
+    assert tuple(getattr(crw, f) for f in reader) == (None, 8, "pad", "frame", "labels")
+    assert tuple(getattr(ino, f) for f in reader) == (480, 8, "resize", "reader", "given")
+    assert (dino.keep_ties, dino.pad_with_anchor) == (True, False)
+    assert (crw.keep_ties, crw.pad_with_anchor) == (False, True)
+    assert (ino.keep_ties, ino.pad_with_anchor) == (True, False)
+    with pytest.raises(ValueError, match="PropagationConfig.short_side"):
+        propagation.from_config_dict({"preset": "crw", "short_side": 480})
+    with pytest.raises(ValueError, match="PropagationConfig.upsample"):
+        propagation.from_config_dict({"preset": "dino", "upsample": "nearest"})
 
     cfg = ml_collections.ConfigDict({"preset": "crw", "top_k": 7, "radius": None})
     got = propagation.from_config_dict(cfg)
@@ -219,3 +240,29 @@ def test_given_labels_may_be_jax_arrays_and_outputs_are_float32():
     outputs = list(prop.run([frame, frame], given={0: labels0}))
     assert outputs[1].dtype == jnp.float32 and outputs[1].shape == (*GRID, 2)
     np.testing.assert_array_equal(np.argmax(outputs[1], -1), _boxes({1: BOXES[1]}))
+
+
+def test_readers_and_writers_of_the_presets():
+    rng = np.random.default_rng(9)
+    labels = rng.random((60, 104, 3)).astype(np.float32)
+    frame = rng.integers(0, 256, (480, 854, 3), dtype=np.uint8)
+    dino = propagation.VideoPropagator(propagation.PRESETS["dino"], 3)
+    crw = propagation.VideoPropagator(propagation.PRESETS["crw"], 3)
+    assert dino.reader_size((480, 854)) == (480, 832)
+    assert dino.read_frame(frame).shape == (480, 832, 3)
+    assert crw.reader_size((480, 854)) == (480, 856)
+    np.testing.assert_array_equal(crw.read_frame(frame)[:, 854:], frame[:, 853:854].repeat(2, 1))
+    # DINO: x8 to 480 x 832, norm_mask, argmax, PIL nearest to 480 x 854.
+    on_grid = propagation.labels_to_mask(labels, (480, 832), normalize=True)
+    want = np.asarray(Image.fromarray(on_grid).resize((854, 480), Image.NEAREST))
+    np.testing.assert_array_equal(dino.to_mask(labels, (480, 854)), want)
+    # upsample='frame': straight to the frame size (CRW's writer; vosjax's earlier DINO one).
+    direct = propagation.VideoPropagator(
+        dataclasses.replace(propagation.PRESETS["dino"], upsample="frame"), 3
+    )
+    straight = propagation.labels_to_mask(labels, (480, 854), normalize=True)
+    np.testing.assert_array_equal(direct.to_mask(labels, (480, 854)), straight)
+    assert (straight != want).sum() > 100
+    np.testing.assert_array_equal(
+        crw.to_mask(labels, (480, 854)), propagation.labels_to_mask(labels, (480, 854))
+    )

@@ -165,6 +165,7 @@ def step_bytes(
     channels: int,
     num_classes: int,
     blocks_per_step: int = 1,
+    keep_ties: bool = False,
 ) -> int:
     """Upper estimate of the bytes of the intermediates of one step of `propagate`.
 
@@ -172,14 +173,15 @@ def step_bytes(
     masked and concatenated similarities, their padded copy for the grouped top-k), plus the
     context windows [candidates, C] and their labels [candidates, K], copied out of the ring.
     Nothing scales with (h w)^2: this is the memory bound of the whole computation besides
-    its inputs and output.
+    its inputs and output. `keep_ties` adds one more (the weights of every kept candidate).
 
     Returns:
       Bytes for `blocks_per_step` blocks.
     """
     queries = plan.block[0] * plan.block[1]
     cand = num_candidates(plan, num_ring, restrict_anchor)
-    per_block = 3 * queries * cand * 4 + cand * (channels + num_classes) * 4
+    buffers = 4 if keep_ties else 3
+    per_block = buffers * queries * cand * 4 + cand * (channels + num_classes) * 4
     return blocks_per_step * per_block
 
 
@@ -275,6 +277,8 @@ def propagate(
     block_size: int | tuple[int, int] | None = None,
     blocks_per_step: int | None = None,
     group_size: int = 32,
+    keep_ties: bool = False,
+    pad_with_anchor: bool = False,
 ) -> jax.Array:
     """Predicts the query frame's soft labels from a context of labelled frames.
 
@@ -299,6 +303,14 @@ def propagate(
         (already compute-bound on both cores), else as many as fit in `ACCELERATOR_STEP_BYTES`
         (a GPU needs more work per step than one block).
       group_size: group length of `top_k_grouped`.
+      keep_ties: keep every context position whose similarity equals the k-th largest (DINO's
+        and INO's `aff[aff < kth] = 0`), so that more than `top_k` positions may share the
+        weights; False keeps exactly `top_k` (CRW's `torch.topk`).
+      pad_with_anchor: the invalid ring slots hold copies of the anchor frame (its features and
+        labels, restricted to the neighbourhood like a ring frame) instead of being ignored:
+        CRW's context, padded in front with copies of the first frame, so that before
+        `num_recent` frames exist the anchor's positions appear several times among the
+        candidates (at frame 1 the top k are often k copies of one key: 1-NN).
 
     Returns:
       float32 [h, w, K]: sum over the top-k context positions of softmax(sim / temperature)
@@ -327,7 +339,7 @@ def propagate(
     if blocks_per_step is None:
         blocks_per_step = 1
         if jax.default_backend() != "cpu":
-            one = step_bytes(plan, n, restrict_anchor, c, k_cls)
+            one = step_bytes(plan, n, restrict_anchor, c, k_cls, keep_ties=keep_ties)
             blocks_per_step = int(np.clip(ACCELERATOR_STEP_BYTES // one, 1, plan.num_blocks))
     cand = num_candidates(plan, n, restrict_anchor)
     if cand < top_k:
@@ -354,8 +366,17 @@ def propagate(
 
         win_f = jax.lax.dynamic_slice(ring_features, (0, sy, sx, 0), (n, wh, ww, c))
         win_l = jax.lax.dynamic_slice(ring_labels, (0, sy, sx, 0), (n, wh, ww, k_cls))
+        if pad_with_anchor:
+            slot = ring_valid[:, None, None, None]
+            pad_f = jax.lax.dynamic_slice(anchor_features, (sy, sx, 0), (wh, ww, c))
+            pad_l = jax.lax.dynamic_slice(anchor_labels, (sy, sx, 0), (wh, ww, k_cls))
+            win_f = jnp.where(slot, win_f, pad_f[None])
+            win_l = jnp.where(slot, win_l, pad_l[None])
+            slot_valid = jnp.ones_like(ring_valid)
+        else:
+            slot_valid = ring_valid
         sim = jnp.einsum("qc,mc->qm", q, win_f.reshape(n * wh * ww, c))
-        keep = near[:, None, :] & ring_valid[None, :, None]
+        keep = near[:, None, :] & slot_valid[None, :, None]
         sim = jnp.where(keep, sim.reshape(bh * bw, n, wh * ww), _EXCLUDED)
         sim = sim.reshape(bh * bw, n * wh * ww)
         labels = win_l.reshape(n * wh * ww, k_cls)
@@ -373,6 +394,14 @@ def propagate(
         labels = jnp.concatenate([a_l, labels], axis=0)
 
         top_sim, top_idx = top_k_grouped(sim, top_k, group_size)  # [bh * bw, k]
+        if keep_ties:
+            # Every candidate at least as similar as the k-th: one [q, cand] x [cand, K]
+            # product, cheap next to the similarities themselves (K << C).
+            kept = sim >= top_sim[:, -1:]
+            weights = jnp.where(kept, jnp.exp((sim - top_sim[:, :1]) * inv_t), 0.0)
+            pred = jnp.einsum("qm,mc->qc", weights, labels, precision="highest")
+            pred = pred / jnp.sum(weights, axis=-1, keepdims=True)
+            return pred.reshape(bh, bw, k_cls)
         weights = jax.nn.softmax(top_sim * inv_t, axis=-1)
         picked = jnp.take(labels, top_idx, axis=0)  # [bh * bw, k, K]
         pred = jnp.einsum("qk,qkc->qc", weights, picked)
@@ -408,5 +437,7 @@ propagate_jit = functools.partial(
         "block_size",
         "blocks_per_step",
         "group_size",
+        "keep_ties",
+        "pad_with_anchor",
     ),
 )(propagate)

@@ -22,10 +22,23 @@ annotated frame the annotated objects' channels are the given labels and the oth
 scaled by (1 - the annotated objects' mass) (DUL blends the annotated channels too, which
 squares soft given labels).
 
-Departures from the reference codes, by design: before `num_recent` frames exist only the
-existing frames count (CRW and DUL pad the context with copies of the first frame, which
-duplicates its positions in the top-k); the output is upsampled straight to the frame size
-(DINO upsamples x stride, then resizes with nearest).
+Each preset reproduces its released evaluation code (checked against it by
+tests/reference/propagation_cases.py), reader and writer included:
+- `dino` (eval_video_segmentation.py): frames read at short side 480, long side floored to a
+  multiple of 64; first mask PIL-nearest to the grid; context = frame 0 + the 7 previous frames
+  with their predicted soft labels, square |d| <= 12 on every context frame; top 5 with ties
+  kept (`keep_ties`); x8 bilinear, `norm_mask`, argmax, PIL nearest to the frame size; frame
+  0's output is the given mask.
+- `crw` (videowalk test.py): native size (a patch extractor sees it edge-padded to a multiple
+  of 8); soft first label (cv2 INTER_LINEAR); context = frame 0 unrestricted + the 20 previous
+  frames, the missing ones being copies of frame 0 (`pad_with_anchor`), Euclidean < 12;
+  top 10, softmax; bilinear straight to the frame size, argmax; frame 0's output is the argmax
+  of its upsampled soft label.
+- `ino` (infer_vos.py, DAVIS): as `dino` with 10 previous frames, R = 40, the long side
+  floored to a multiple of 8 and a soft first label (bilinear, align_corners=True).
+`pad_with_anchor=False` is the earlier vosjax behaviour (before `num_recent` frames exist
+only the existing frames count), `upsample="frame"` upsamples straight to the frame size,
+`keep_ties=False` keeps exactly `top_k` positions.
 """
 
 from __future__ import annotations
@@ -46,6 +59,10 @@ mask_to_labels = label_resize.mask_to_labels
 labels_to_mask = label_resize.labels_to_mask
 
 
+UPSAMPLE_MODES = ("reader", "frame")
+FIRST_OUTPUTS = ("given", "labels")
+
+
 @dataclasses.dataclass(frozen=True)
 class PropagationConfig:
     """Settings of label propagation.
@@ -61,6 +78,21 @@ class PropagationConfig:
       first_mask: 'nearest' (hard, DINO) or 'bilinear' (soft, CRW / DUL / INO) downsampling of
         the given masks to the feature grid.
       norm_mask: DINO's per-channel min-max normalisation before the argmax (DINO, INO).
+      keep_ties: keep every context position as similar as the k-th (DINO's and INO's
+        `aff[aff < kth] = 0`); False keeps exactly `top_k` (CRW's `torch.topk`).
+      pad_with_anchor: before `num_recent` recent frames exist, the missing ones are copies of
+        the anchor frame (CRW pads the video in front with copies of frame 0), so the anchor's
+        positions count several times in the top k; False: only existing frames count.
+      short_side: the reader's short side (None: native size), see `fit`.
+      size_multiple: the reader floors the long side ('resize') or pads both sides ('pad') to
+        a multiple of this (DINO 64, INO 8, CRW 8).
+      fit: 'resize' (cv2 INTER_LINEAR to `label_resize.reader_size`; DINO, INO) or 'pad'
+        (edge padding at the bottom and right; CRW's native size).
+      upsample: 'reader' (bilinear to the reader's frame size, argmax, PIL nearest to the
+        frame size; DINO, INO) or 'frame' (bilinear straight to the frame size; CRW).
+      first_output: the mask written for an annotated frame: 'given' (the given ids where an
+        object is given, else the propagated argmax; DINO, INO write the first mask itself) or
+        'labels' (the argmax of its labels on the grid, upsampled; CRW).
       block_size: query block (bh, bw) computed at once; None picks one per grid.
       blocks_per_step: blocks vectorised per step; None: 1 on CPU, more on an accelerator.
     """
@@ -73,6 +105,13 @@ class PropagationConfig:
     restrict_first_frame: bool = True
     first_mask: str = "nearest"
     norm_mask: bool = False
+    keep_ties: bool = False
+    pad_with_anchor: bool = False
+    short_side: int | None = None
+    size_multiple: int = 8
+    fit: str = "pad"
+    upsample: str = "frame"
+    first_output: str = "labels"
     block_size: int | tuple[int, int] | None = None
     blocks_per_step: int | None = None
 
@@ -94,6 +133,18 @@ class PropagationConfig:
             fail("radius", "None or a number > 0")
         if self.first_mask not in label_resize.FIRST_MASK_MODES:
             fail("first_mask", f"one of {label_resize.FIRST_MASK_MODES}")
+        if self.fit not in label_resize.READER_FITS:
+            fail("fit", f"one of {label_resize.READER_FITS}")
+        if self.short_side is not None and (
+            not isinstance(self.short_side, int) or self.short_side < 1 or self.fit == "pad"
+        ):
+            fail("short_side", "None, or an int >= 1 with fit='resize'")
+        if not isinstance(self.size_multiple, int) or self.size_multiple < 1:
+            fail("size_multiple", "an int >= 1")
+        if self.upsample not in UPSAMPLE_MODES:
+            fail("upsample", f"one of {UPSAMPLE_MODES}")
+        if self.first_output not in FIRST_OUTPUTS:
+            fail("first_output", f"one of {FIRST_OUTPUTS}")
         if isinstance(self.block_size, list):
             object.__setattr__(self, "block_size", tuple(self.block_size))
         bs = self.block_size
@@ -118,8 +169,16 @@ PRESETS: dict[str, PropagationConfig] = {
         restrict_first_frame=True,
         first_mask="nearest",
         norm_mask=True,
+        keep_ties=True,
+        pad_with_anchor=False,
+        short_side=480,
+        size_multiple=64,
+        fit="resize",
+        upsample="reader",
+        first_output="given",
     ),
-    # CRW test.py (and DUL): first + 20 previous, Euclidean distance < 12 except on the first.
+    # CRW test.py (and DUL): first + 20 previous (copies of the first before they exist),
+    # Euclidean distance < 12 except on the first.
     "crw": PropagationConfig(
         top_k=10,
         temperature=0.05,
@@ -129,8 +188,16 @@ PRESETS: dict[str, PropagationConfig] = {
         restrict_first_frame=False,
         first_mask="bilinear",
         norm_mask=False,
+        keep_ties=False,
+        pad_with_anchor=True,
+        short_side=None,
+        size_multiple=8,
+        fit="pad",
+        upsample="frame",
+        first_output="labels",
     ),
-    # INO on DAVIS: DINO's procedure with first + 10 previous, R = 40, soft first mask.
+    # INO infer_vos.py on DAVIS: DINO's procedure with first + 10 previous, R = 40, long side
+    # floored to a multiple of 8, soft first mask (bilinear, align_corners=True).
     "ino": PropagationConfig(
         top_k=5,
         temperature=0.1,
@@ -138,8 +205,15 @@ PRESETS: dict[str, PropagationConfig] = {
         radius=40.0,
         neighbourhood="square",
         restrict_first_frame=True,
-        first_mask="bilinear",
+        first_mask="bilinear_align_corners",
         norm_mask=True,
+        keep_ties=True,
+        pad_with_anchor=False,
+        short_side=480,
+        size_multiple=8,
+        fit="resize",
+        upsample="reader",
+        first_output="given",
     ),
 }
 
@@ -224,6 +298,8 @@ class VideoPropagator:
                 restrict_anchor=config.restrict_first_frame,
                 block_size=config.block_size,
                 blocks_per_step=config.blocks_per_step,
+                keep_ties=config.keep_ties,
+                pad_with_anchor=config.pad_with_anchor,
             )
         )
         self._push = jax.jit(_push, donate_argnums=(0, 1))
@@ -234,9 +310,22 @@ class VideoPropagator:
         """Object ids [H, W] -> [h, w, K] labels, downsampled as `config.first_mask` says."""
         return label_resize.mask_to_labels(mask, self.num_classes, grid, self.config.first_mask)
 
+    def reader_size(self, size: tuple[int, int]) -> tuple[int, int]:
+        """The size (H', W') the config's reader gives a frame of `size`."""
+        c = self.config
+        return label_resize.reader_size(size, c.short_side, c.size_multiple, c.fit)
+
+    def read_frame(self, frame: np.ndarray) -> np.ndarray:
+        """uint8 [H, W, 3] -> the frame at `reader_size` (resized or padded as `config.fit`)."""
+        return label_resize.read_frame(frame, self.reader_size(frame.shape[:2]), self.config.fit)
+
     def to_mask(self, labels: jax.Array, size: tuple[int, int]) -> np.ndarray:
-        """[h, w, K] soft labels -> uint8 ids [H, W] (bilinear up, `norm_mask`, argmax)."""
-        return label_resize.labels_to_mask(labels, size, normalize=self.config.norm_mask)
+        """[h, w, K] soft labels -> uint8 ids [H, W] (bilinear up, `norm_mask`, argmax; with
+        `upsample='reader'` at the reader's size, then nearest to `size`)."""
+        reader = self.reader_size(size) if self.config.upsample == "reader" else None
+        return label_resize.labels_to_mask(
+            labels, size, normalize=self.config.norm_mask, reader_size=reader
+        )
 
     def run(
         self,
