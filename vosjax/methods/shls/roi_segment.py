@@ -18,18 +18,21 @@ boxes (rmin, rmax, cmin, cmax), end-exclusive, of the first, the last and this f
    background logit there);
 then `soft_aggregation.soft_aggregate_logits(..., odds='ratio')` gives the frame's log-odds.
 
-Boxes set the shapes, so this runs op by op (not under one jit); the networks are small at /4.
+Boxes set the shapes: the crops and resizes run op by op, the networks are jitted per padded
+box size.
 The "last prediction" is what the caller passes: a one-hot mask on the first frame and the
 previous call's log-odds later (as the released test loop does).
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+from flax import nnx
 
 from vosjax.methods.shls import model as model_lib
 from vosjax.ops import roi, soft_aggregation
@@ -81,6 +84,24 @@ def _check_box(name: str, box: Box, size: tuple[int, int]) -> Box:
         raise ValueError(f"{name}={box}: expected 0 <= rmin < rmax <= {size[0]} and "
                          f"0 <= cmin < cmax <= {size[1]}")  # fmt: skip
     return box
+
+
+@functools.partial(nnx.jit, static_argnames="train")
+def _networks(
+    model: model_lib.SHLSModel,
+    att: jax.Array,
+    l1_pair: jax.Array,
+    l4_pair: jax.Array,
+    first_l4: jax.Array,
+    l1_in: jax.Array,
+    *,
+    train: bool,
+) -> tuple[jax.Array, jax.Array]:
+    """MemorySelect + SegmenterN on one padded box, compiled once per padded box size (the
+    crops and resizes around them run op by op)."""
+    mem = model.mem_select(att[None], l1_pair[None], l4_pair[None])  # [1, h4, w4, 2 C]
+    l4_in = jnp.concatenate([first_l4[None], mem], -1)
+    return mem, model.segmenter(l1_in, l4_in, att[1:], train=train)  # [1, hp, wp, 2]
 
 
 def segment_object(
@@ -144,10 +165,8 @@ def segment_object(
         return roi.roi_align(maps.l4, (c0, r0, c1, r1), cells, spatial_scale=0.25)
 
     l4_pair = jnp.stack([roi_l4(last, lb), roi_l4(this, tb)])
-    mem = model.mem_select(att[None], l1_pair[None], l4_pair[None])  # [1, h4, w4, 2 C]
-    l4_in = jnp.concatenate([roi_l4(first, fb)[None], mem], -1)
     l1_in, _ = roi.pad_divide_by(jnp.concatenate([fs, ls, ff], -1)[None], 4)
-    logits = model.segmenter(l1_in, l4_in, att[1:], train=train)  # [1, hp, wp, 2]
+    mem, logits = _networks(model, att, l1_pair, l4_pair, roi_l4(first, fb), l1_in, train=train)
 
     inside = jax.nn.softmax(roi.pad_remove(logits, pad)[0], axis=-1)[..., 1]
     r0, r1, c0, c1 = tb
