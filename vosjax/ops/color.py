@@ -17,13 +17,20 @@ _D65_WHITE = np.array([0.950456, 1.0, 1.088754])
 # ImageNet statistics in [0, 1] units, applied to uint8 frames by `normalize_frames`.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# The std of DINO's video-segmentation reader (`color_normalize`, 0.228 for red), copied into
+# INO's inference reader: the released codes evaluate with it, train with IMAGENET_STD.
+DINO_EVAL_STD = (0.228, 0.224, 0.225)
 
 
-def normalize_frames(frames: jnp.ndarray) -> jnp.ndarray:
-    """uint8 (or 0..255 float) frames [..., 3] -> (x / 255 - mean) / std with ImageNet's
-    statistics, float32 (the input of every pretrained-style backbone here)."""
+def normalize_frames(
+    frames: jnp.ndarray,
+    mean: tuple[float, float, float] = IMAGENET_MEAN,
+    std: tuple[float, float, float] = IMAGENET_STD,
+) -> jnp.ndarray:
+    """uint8 (or 0..255 float) frames [..., 3] -> (x / 255 - mean) / std, float32 (ImageNet's
+    statistics by default: the input of every pretrained-style backbone here)."""
     x = jnp.asarray(frames).astype(jnp.float32) / 255.0
-    return (x - jnp.asarray(IMAGENET_MEAN)) / jnp.asarray(IMAGENET_STD)
+    return (x - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
 
 
 def rgb_to_lab(rgb: jnp.ndarray) -> jnp.ndarray:

@@ -238,7 +238,7 @@ def reader_size(size: tuple[int, int], short_side: int | None, multiple: int, fi
     else:
         out = (short_side, int((short_side * w / h) // multiple * multiple))
     if min(out) < 1:
-        raise ValueError(f"frame {size} read at {out}: expected at least 1 pixel a side")
+        raise ValueError(f"frame {size} read at {out}: expected at least {multiple} pixels a side")
     return out
 
 

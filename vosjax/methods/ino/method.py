@@ -38,10 +38,10 @@ import numpy as np
 from flax import nnx
 
 from vosjax import evaluate
-from vosjax.data import transforms, transforms_multicrop
+from vosjax.data import transforms_multicrop
 from vosjax.methods.ino import losses, mask_generator
 from vosjax.methods.ino import model as model_lib
-from vosjax.ops import affinity, color, ema, propagation
+from vosjax.ops import affinity, color, ema, label_resize, propagation
 
 MASK_STREAM = 1
 DROP_PATH_STREAM = 2
@@ -273,51 +273,77 @@ class INO:
         `config.eval.youtube_vos_propagation` on top for the YouTube-VOS layout."""
         ev = self.config.eval
         backbone = model.student if ev.features == "student" else model.teacher
-        settings = ev.propagation.to_dict()
+        # The reader's short side is eval.short_side (INO: 480 on DAVIS, None on YouTube-VOS),
+        # so that the writer upsamples to the size the features were computed at.
+        settings = ev.propagation.to_dict() | {"short_side": ev.short_side, "fit": "resize"}
         if ev.layout == "youtube_vos":  # INO: 20 recent frames and R=50 on YouTube-VOS
             settings |= ev.youtube_vos_propagation.to_dict()
         return evaluate.PropagationSegmenter(
-            INOFeatures(backbone, block=ev.block, short_side=ev.short_side),
+            INOFeatures(
+                backbone,
+                block=ev.block,
+                short_side=ev.short_side,
+                std=tuple(ev.get("input_std", color.DINO_EVAL_STD)),
+            ),
             propagation.from_config_dict(settings),
         )
 
 
 def resized_size(size: tuple[int, int], short_side: int | None, patch: int) -> tuple[int, int]:
-    """(H', W'): short side `short_side` (None: unchanged), both floored to multiples of `patch`."""
-    return transforms.short_side_size(size, short_side, patch)
+    """(H', W') as INO's `read_frame`: the short side becomes exactly `short_side` and the long
+    side int(short_side * long / short) floored to a multiple of `patch` (480 x 854 -> 480 x
+    848; 720 x 1280 -> 480 x 848, floored, not rounded); None floors both sides."""
+    return label_resize.reader_size(size, short_side, patch, "resize")
 
 
 class INOFeatures:
     """frame uint8 [H, W, 3] -> L2-normalised patch tokens of block `block` [h, w, D].
 
-    The frame is resized (bilinear, no antialiasing, as cv2) so that its short side is
-    `short_side`, both sides floored to multiples of the patch size. Holds a snapshot of the
-    backbone's weights (a teacher's `Teacher` variables work as they are); one jit compilation
-    per frame size.
+    As INO's inference reader: the uint8 frame is resized by OpenCV (INTER_LINEAR) to
+    `resized_size`, scaled to [0, 1] and normalised with `std` (DINO's eval reader: 0.228 for
+    red; `color.IMAGENET_STD` is the training one); block `block`'s tokens pass through the
+    final LayerNorm (`get_intermediate_layers`). Holds a snapshot of the backbone's weights (a
+    teacher's `Teacher` variables work as they are); one jit compilation per frame size.
     """
 
-    def __init__(self, backbone: nnx.Module, *, block: int, short_side: int | None = 480):
+    def __init__(
+        self,
+        backbone: nnx.Module,
+        *,
+        block: int,
+        short_side: int | None = 480,
+        std: tuple[float, float, float] = color.DINO_EVAL_STD,
+    ):
         if not 1 <= block <= backbone.depth:
             raise ValueError(f"config.eval.block={block}: expected 1..{backbone.depth}")
         self.block = block
         self.short_side = short_side
+        self.std = tuple(float(s) for s in std)
         self.patch = backbone.patch_size
         self.graphdef, self.state = nnx.split(backbone)
 
-        def extract(state: Any, frame: jax.Array, size: tuple[int, int]) -> jax.Array:
+        def extract(state: Any, frame: jax.Array) -> jax.Array:
             module = nnx.merge(self.graphdef, state)
-            x = frame.astype(jnp.float32)
-            if tuple(x.shape[:2]) != size:
-                x = jax.image.resize(x, (*size, 3), "bilinear", antialias=False)
-            out = module(color.normalize_frames(x)[None], return_blocks=(self.block,))
+            images = color.normalize_frames(frame, std=self.std)[None]
+            out = module(images, return_blocks=(self.block,))  # later blocks: dead code
             tokens = out["blocks"][self.block][0, 1:].astype(jnp.float32)
-            h, w = size[0] // self.patch, size[1] // self.patch
-            return affinity.l2_normalize(tokens.reshape(h, w, -1))
+            h, w = frame.shape[0] // self.patch, frame.shape[1] // self.patch
+            return tokens.reshape(h, w, -1)
 
-        self._extract = jax.jit(extract, static_argnums=2)
+        self._extract = jax.jit(extract)
+        self._normalize = jax.jit(affinity.l2_normalize)
 
     def __call__(self, frame: np.ndarray) -> jax.Array:
+        return self._normalize(self.tokens(frame))
+
+    def tokens(self, frame: np.ndarray) -> jax.Array:
+        """uint8 [H, W, 3] -> block `block`'s patch tokens after the final LayerNorm, before the
+        L2 normalisation: float32 [h, w, D] (INO's `extract_feature`)."""
         if frame.ndim != 3 or frame.shape[-1] != 3:
             raise ValueError(f"INOFeatures: expected a frame [H, W, 3], got {frame.shape}")
+        return self._extract(self.state, jnp.asarray(self.read(frame)))
+
+    def read(self, frame: np.ndarray) -> np.ndarray:
+        """uint8 [H, W, 3] -> uint8 [H', W', 3] at `resized_size` (OpenCV INTER_LINEAR)."""
         size = resized_size(frame.shape[:2], self.short_side, self.patch)
-        return self._extract(self.state, jnp.asarray(frame), size)
+        return label_resize.read_frame(np.asarray(frame, np.uint8), size, "resize")
