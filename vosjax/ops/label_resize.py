@@ -1,8 +1,9 @@
 """Object-id masks to soft labels on the feature grid, and soft labels back to id masks.
 
 Three ways to bring the first mask to the feature grid, as the propagation codes do:
-- `nearest` (DINO): nearest-neighbour resize of the id mask (PIL's NEAREST: output cell i reads
-  input pixel floor((i + 0.5) * H / h)), then one-hot: hard labels.
+- `nearest` (DINO): nearest-neighbour resize of the id mask by PIL's NEAREST (output cell i
+  reads input pixel about floor((i + 0.5) * H / h); PIL accumulates the coordinate, which
+  rounds the other way where that is an integer), then one-hot: hard labels.
 - `bilinear` (CRW, DUL): one-hot at full resolution, then bilinear resize: soft labels.
 - `bilinear_align_corners` (INO's `F.interpolate(..., align_corners=True)`): the same with the
   corner samples of both grids aligned (output i reads input i * (H - 1) / (h - 1)).
@@ -73,7 +74,8 @@ def align_corners_weights(n_in: int, n_out: int) -> np.ndarray:
 
 
 def nearest_indices(n_in: int, n_out: int) -> np.ndarray:
-    """Input index read by each output sample of a nearest resize (as PIL's NEAREST)."""
+    """Input index floor((i + 0.5) * n_in / n_out) of each output sample of a nearest resize
+    (PIL's NEAREST but where that product is an integer: `resize_nearest` is PIL's own)."""
     return np.minimum(np.floor((np.arange(n_out) + 0.5) * (n_in / n_out)), n_in - 1).astype(
         np.int64
     )

@@ -279,3 +279,21 @@ def test_youtube_vos_layout_takes_more_recent_frames_and_a_larger_radius():
     settings = method.INO(config).make_segmenter(model).config
     assert (settings.top_k, settings.num_recent, settings.radius) == (5, 20, 50)
     assert settings.temperature == pytest.approx(0.1) and settings.neighbourhood == "square"
+
+
+def test_segmenter_reads_as_infer_vos():
+    # The propagation reader takes eval.short_side (None in the smoke config: sizes floored to
+    # multiples of 8, INO's YouTube-VOS branch), the features DINO's eval std (0.228 for red)
+    # unless eval.input_std says otherwise.
+    config = _config()
+    model = model_lib.INOModel(config.model, rngs=nnx.Rngs(0))
+    segmenter = method.INO(config).make_segmenter(model)
+    assert segmenter.config.short_side == config.eval.short_side
+    assert segmenter.config.fit == "resize" and segmenter.config.upsample == "reader"
+    assert segmenter.extractor.std == color.DINO_EVAL_STD
+    config.eval.input_std = color.IMAGENET_STD
+    assert method.INO(config).make_segmenter(model).extractor.std == color.IMAGENET_STD
+    frame = np.random.default_rng(1).integers(0, 256, (40, 56, 3), dtype=np.uint8)
+    plain = method.INOFeatures(model.student, block=2, short_side=None)
+    imagenet = method.INOFeatures(model.student, block=2, short_side=None, std=color.IMAGENET_STD)
+    assert np.abs(np.asarray(plain(frame)) - np.asarray(imagenet(frame))).max() > 1e-4
