@@ -25,6 +25,10 @@ from vosjax.weights import layout
 from vosjax.weights import vit as vit_weights
 
 BACKBONE_TIMING = "vit_s8 get_intermediate_layers(n=6), eval, 2x3x72x128"
+# The released timings of these case.json files are of other computations (an inference frame,
+# a whole training step): no ratio is computed for the masked forward, the head or the losses
+# (experiments/ino_train_step_bench.py times a whole training step against the released one).
+NO_MATCHING_TIMING = "(no released timing of this computation)"
 
 
 def _tolerances(case: cases.Case, key: str) -> tuple[float, float]:
@@ -267,7 +271,7 @@ def prepare_losses(case: cases.Case):
 
 CASES = {
     "vit_s8_blocks": CaseEntry(prepare_blocks, check_all, timing_key=BACKBONE_TIMING),
-    "vit_s8_masked": CaseEntry(prepare_masked, check_all),
-    "head": CaseEntry(prepare_head, check_all),
-    "losses": CaseEntry(prepare_losses, check_all),
+    "vit_s8_masked": CaseEntry(prepare_masked, check_all, timing_key=NO_MATCHING_TIMING),
+    "head": CaseEntry(prepare_head, check_all, timing_key=NO_MATCHING_TIMING),
+    "losses": CaseEntry(prepare_losses, check_all, timing_key=NO_MATCHING_TIMING),
 }
