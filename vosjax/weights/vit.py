@@ -24,7 +24,7 @@ torch.nn.utils.weight_norm, or the `parametrizations.weight.original0/1` names o
 
 from __future__ import annotations
 
-import numpy as np
+import jax.numpy as jnp
 
 from vosjax.methods.ino import head as head_lib
 from vosjax.models import vit
@@ -76,7 +76,7 @@ def _load_pos_embed(
             f"{n0 * p} at patch {p}), the vosjax model a {m0} x {m0} grid (img_size {m0 * p}); "
             f"build the model with img_size {n0 * p} (INO: config.model.pos_embed_size={n0 * p})"
         )
-    model.pos_embed.set_value(np.asarray(value, np.float32))
+    model.pos_embed.set_value(jnp.asarray(value, model.pos_embed[...].dtype))
 
 
 def load_vit(
