@@ -37,7 +37,7 @@ from ml_collections import config_flags
 
 from vosjax import checkpointing, train
 from vosjax import main as main_lib
-from vosjax.weights import checkpoint_files
+from vosjax.weights import checkpoint_files, layout
 
 _PYTORCH = flags.DEFINE_string(
     "pytorch", None, "The released checkpoint: a .pth/.pt file (torch.save) or a .npz state_dict."
@@ -51,6 +51,11 @@ _CHECKPOINT_KEY = flags.DEFINE_string(
 
 IMPORT_STEP = 0
 RECORD = "imported_from.json"
+# INO's teacher centres: the state of the released losses (one per output scale; vosjax has one).
+INO_CENTRES = {
+    "center_cls": "dino_loss_cls_list.0.center",
+    "center_patch": "dino_loss_hw_list.0.center",
+}
 Converter = Callable[[nnx.Module, Mapping[str, np.ndarray], str], None]
 
 
@@ -90,12 +95,14 @@ class Imported:
       directory: the checkpoints folder written.
       step: the step saved.
       num_params: number of parameter values of the model.
+      loss_state: the file's loss tensors imported too (INO's centres).
     """
 
     released: checkpoint_files.Released
     directory: pathlib.Path
     step: int
     num_params: int
+    loss_state: list[str] = dataclasses.field(default_factory=list)
 
     def summary(self) -> str:
         r = self.released
@@ -107,9 +114,34 @@ class Imported:
             + (f" ({r.stripped} without their 'module.' prefix)" if r.stripped else ""),
             f"  saved as step {self.step} of {self.directory} ({self.num_params:,} parameters)",
         ]
+        if self.loss_state:
+            lines.append(f"  and the losses' state: {', '.join(self.loss_state)}")
         if info or args:
             lines.append(f"  the file also says: {info | ({'args': args} if args else {})}")
         return "\n".join(lines)
+
+
+def import_ino_centres(model: nnx.Module, released: checkpoint_files.Released) -> list[str]:
+    """INO's teacher centres from the released losses' state, when the file has them.
+
+    The released training restores them with the networks when it resumes
+    (`dino_loss_cls_list`, `dino_loss_hw_list`); vosjax keeps them as model state, so a run
+    started from the imported checkpoint (`config.init_from`) continues with them too. A file
+    with several centres per loss (INO's `--multi_scale_layer` with several blocks) or none
+    leaves the centres at zero.
+
+    Returns:
+      The names of the tensors imported.
+    """
+    loss = released.loss_state
+    if not all(name in loss for name in INO_CENTRES.values()):
+        return []
+    if any(n.startswith(("dino_loss_cls_list.1.", "dino_loss_hw_list.1.")) for n in loss):
+        print(f"{released.source}: several centres per loss (multi-scale); centres left at zero")
+        return []
+    for attribute, name in INO_CENTRES.items():
+        layout.assign(getattr(model, attribute), np.asarray(loss[name]).reshape(-1), name)
+    return list(INO_CENTRES.values())
 
 
 def _existing_steps(directory: pathlib.Path) -> list[int]:
@@ -157,6 +189,7 @@ def import_checkpoint(
     state = trainer.init_state()
     model = trainer.model(state)
     convert(model, released.state_dict, released.source)
+    centres = import_ino_centres(model, released) if config.method == "ino" else []
     _, params, model_state = nnx.split(model, nnx.Param, ...)
     raw = {"params": nnx.to_pure_dict(params), "model_state": nnx.to_pure_dict(model_state)}
     # Checked against the trainer's state (names, shapes, dtypes) with a fresh optimiser state:
@@ -167,7 +200,7 @@ def import_checkpoint(
     ) as checkpointer:
         checkpointer.save(IMPORT_STEP, state)
     num_params = sum(int(np.size(x)) for x in jax.tree.leaves(raw["params"]))
-    imported = Imported(released, directory.absolute(), IMPORT_STEP, num_params)
+    imported = Imported(released, directory.absolute(), IMPORT_STEP, num_params, centres)
     if jax.process_index() == 0:
         record = {
             "file": str(pathlib.Path(pytorch).absolute()),
@@ -177,6 +210,7 @@ def import_checkpoint(
             "method": config.method,
             "step": IMPORT_STEP,
             "parameters": num_params,
+            "loss_state": centres,
             "file_info": released.info,
         }
         (workdir / RECORD).write_text(json.dumps(record, indent=2, default=str) + "\n")

@@ -38,6 +38,14 @@ def test_ino_student_by_default(ino_contents):
         released.state_dict["backbone.pos_embed"], student["module.backbone.pos_embed"]
     )
     assert released.info["epoch"] == 25
+    assert sorted(released.loss_state) == [
+        "dino_loss_cls_list.0.center",
+        "dino_loss_hw_list.0.center",
+    ]
+    np.testing.assert_array_equal(
+        released.loss_state["dino_loss_hw_list.0.center"],
+        ino_contents["dino_loss_hw_list"]["0.center"],
+    )
     assert released.info["args"]["arch"] == "vit_small" and released.info["args"]["patch_size"] == 8
 
 
@@ -67,6 +75,7 @@ def test_key_without_a_state_dict(ino_contents, key):
 def test_dino_plain_backbone():
     released = checkpoint_files.read_released(DATA / "dino_backbone.pth", "ino")
     assert released.key is None and released.stripped == 0 and released.info == {}
+    assert released.loss_state == {}
     assert list(released.state_dict)[:2] == ["cls_token", "pos_embed"]
     assert "mask_token" not in released.state_dict
     assert released.state_dict["patch_embed.proj.weight"].shape == (8, 3, 2, 2)

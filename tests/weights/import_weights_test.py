@@ -128,9 +128,16 @@ def test_import_then_evaluate(tmp_path):
     with checkpointing.Checkpointer(workdir / "checkpoints", handle_sigterm=False) as saved:
         raw, step = saved.restore_raw()
     assert step == 0 and int(raw["step"]) == 0
-    student = {k.removeprefix("module."): v for k, v in torch_file.read(INO)["student"].items()}
+    contents = torch_file.read(INO)
+    student = {k.removeprefix("module."): v for k, v in contents["student"].items()}
     # Student and teacher networks both hold the student's tensors (INO's converter).
     _assert_holds(raw, student)
+    # The released losses' centres come along (what the released training resumes with).
+    model_state = train.flat_by_path(raw["model_state"])
+    for name, key in (("center_cls", "dino_loss_cls_list"), ("center_patch", "dino_loss_hw_list")):
+        expected = contents[key]["0.center"].reshape(-1)
+        assert np.any(expected)
+        np.testing.assert_array_equal(np.asarray(model_state[name]), expected)
 
 
 def test_teacher_key_then_init_from(tmp_path):
@@ -140,6 +147,7 @@ def test_teacher_key_then_init_from(tmp_path):
     assert imported.released.key == "teacher" and imported.released.stripped == 0
     assert imported.step == 0 and imported.num_params == 3668
     assert f"Imported 39 tensors of {INO}['teacher']" in imported.summary()
+    assert imported.loss_state == ["dino_loss_cls_list.0.center", "dino_loss_hw_list.0.center"]
     teacher = torch_file.read(INO)["teacher"]
 
     # A new run starting from the imported weights (what the training loop does at step 0).
@@ -149,6 +157,8 @@ def test_teacher_key_then_init_from(tmp_path):
     raw = {"params": state.params, "model_state": state.model_state}
     raw = {k: nnx.to_pure_dict(v) for k, v in raw.items()}
     _assert_holds(raw, teacher)
+    centre = torch_file.read(INO)["dino_loss_hw_list"]["0.center"].reshape(-1)
+    np.testing.assert_array_equal(np.asarray(raw["model_state"]["center_patch"]), centre)
     # A fresh optimiser state: Adam's moments at zero.
     moments = [x for x in jax.tree.leaves(state.opt_state) if np.ndim(x) > 0]
     assert moments and all(not np.any(np.asarray(m)) for m in moments)

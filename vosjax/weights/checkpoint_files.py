@@ -51,6 +51,9 @@ class Released:
       stripped: how many names lost a `module.` prefix.
       info: the file's other top-level entries that are numbers or strings (epoch, score, ...)
         and, under 'args', the saved argparse.Namespace as a dict.
+      loss_state: the tensors of the file's loss modules ('<key>.<name>' of every other
+        top-level state_dict whose key names a loss, e.g. INO's
+        'dino_loss_cls_list.0.center'): training state that is not the network's.
     """
 
     state_dict: dict[str, np.ndarray]
@@ -58,6 +61,7 @@ class Released:
     key: str | None
     stripped: int
     info: dict[str, Any]
+    loss_state: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
 
 
 def is_state_dict(value: Any) -> bool:
@@ -174,7 +178,13 @@ def select(
                 "does not hold a model's state_dict"
             )
     state_dict, stripped = strip_data_parallel(chosen, where)
-    return Released(state_dict, where, key, stripped, {} if plain else _info(contents))
+    loss_state = {}
+    if not plain:
+        for name, value in contents.items():
+            if name != key and "loss" in str(name) and is_state_dict(value):
+                loss_state.update({f"{name}.{k}": v for k, v in value.items()})
+    info = {} if plain else _info(contents)
+    return Released(state_dict, where, key, stripped, info, loss_state)
 
 
 def read_released(
