@@ -1,8 +1,17 @@
 """Imports the authors' released weights into a vosjax checkpoint that `vosjax.main` evaluates.
 
-python -m vosjax.import_weights --config=configs/ino/vits8_davis2016.py --pytorch=FILE \
-    --workdir=W [--checkpoint_key=teacher]
-python -m vosjax.main --config=configs/ino/vits8_davis2016.py --workdir=W --mode=eval
+python -m vosjax.import_weights --config=CONFIG --pytorch=FILE --workdir=W [--checkpoint_key=KEY]
+python -m vosjax.main --config=CONFIG --workdir=W --mode=eval
+
+For each method (add --config.eval.davis_root=/data/DAVIS --config.eval.imageset=2017/val to
+evaluate where the paper does):
+  INO (main_VOS.py's checkpoint.pth):  CONFIG=configs/ino/vits8_davis2016.py, KEY 'student'
+      (the default, as the released infer_vos.py) or 'teacher'; DINO's ViT-S/8 backbone files
+      load too with --config.model.pos_embed_size=224 (heads and mask token keep their
+      initialisation).
+  SHLS (utils_LT.save_model's *_best.pth / *_last.pth):  CONFIG=configs/shls/msra10k.py.
+  Mask-VOS (utils/checkpoints.py's epoch*_score*.pth of the mask stage):
+      CONFIG=configs/maskvos/r50.py.
 
 FILE is a `.pth`/`.pt` checkpoint (read without PyTorch, `vosjax.weights.torch_file`; the legacy
 format of torch < 1.6 needs `pip install -e .[torch]`) or a `.npz` state_dict. The released
@@ -11,11 +20,13 @@ model's state_dict is taken from it as `vosjax.weights.checkpoint_files` describ
 backbone files as they are), converted by the method's converter (`vosjax.weights.<method>
 .import_released`: ino, maskvos, shls) into the model that the config builds, and saved as step 0
 of W/checkpoints with a fresh optimiser state, beside W/imported_from.json (file, key, tensor
-count). The config decides the model, so it must describe the checkpoint's network (INO:
-config.model.pos_embed_size=64 as released; a mismatch is an error naming the tensor).
+count). INO's teacher centres come from the released losses' state when the file has it. The
+config decides the model, so it must describe the checkpoint's network (INO:
+config.model.pos_embed_size=64 as released); a mismatch is an error naming the tensor.
 
 Training from the imported weights: a new run with `--config.init_from.workdir=W` (its own
-workdir, step 0, a fresh optimiser and data iterator).
+workdir, step 0, a fresh optimiser and data iterator). Training in W itself is not supported: a
+run there resumes step 0 and expects a saved data-iterator position, which an import has not.
 
 `--config` and `--workdir` are `vosjax.main`'s flags (this command builds the method as main does).
 """
