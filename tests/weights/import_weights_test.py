@@ -21,7 +21,8 @@ from vosjax import main as main_lib
 from vosjax.weights import layout, torch_file
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
-INO = REPO / "tests" / "weights" / "data" / "ino_checkpoint.pth"
+DATA = REPO / "tests" / "weights" / "data"
+INO = DATA / "ino_checkpoint.pth"
 CONFIG = "configs/ino/vits8_davis2016.py:smoke"
 OVERRIDES = {
     "model.embed_dim": 8,
@@ -179,3 +180,21 @@ def test_method_without_released_checkpoints(tmp_path):
 
     with pytest.raises(ValueError, match="maskvos_correspondence.*'ino', 'maskvos', 'shls'"):
         import_weights.import_checkpoint(corr_r18.get_config("smoke"), INO, tmp_path / "w")
+
+
+def test_dino_backbone_file(tmp_path):
+    # DINO's released backbone files: a plain ViT state_dict (here 1 block, patch 2, 4 x 4 grid).
+    config = _config(**{"model.depth": 1, "model.patch_size": 2, "model.pos_embed_size": 8})
+    imported = import_weights.import_checkpoint(config, DATA / "dino_backbone.pth", tmp_path / "w")
+    assert imported.released.key is None and len(imported.released.state_dict) == 18
+    assert imported.loss_state == []
+    with checkpointing.Checkpointer(tmp_path / "w" / "checkpoints", handle_sigterm=False) as saved:
+        raw, _ = saved.restore_raw()
+    dino = torch_file.read(DATA / "dino_backbone.pth")
+    params = train.flat_by_path(raw["params"])
+    np.testing.assert_array_equal(params["student/cls_token"], dino["cls_token"].reshape(1, 8))
+    np.testing.assert_array_equal(
+        params["student/patch_embed/kernel"], layout.conv_kernel(dino["patch_embed.proj.weight"])
+    )
+    teacher = train.flat_by_path(raw["model_state"])["teacher/blocks/0/mlp/fc2/kernel"]
+    np.testing.assert_array_equal(teacher, layout.linear_kernel(dino["blocks.0.mlp.fc2.weight"]))
