@@ -156,7 +156,12 @@ def test_maskvos_configs_hold_the_paper_and_code_settings():
     code = r18.get_config("code")
     assert code.clustering.num_clusters == 7 and code.clustering.fit_every == 8
     assert code.loss.coarse == "argmax" and code.eval.decoding.mix_coarse
-    assert tuple(code.optim.frozen) == ("encoder/backbone",)
+    # The released backbone (res4's down_dim4 included) runs under torch.no_grad().
+    assert tuple(code.optim.frozen) == (
+        "encoder/backbone",
+        "encoder/down_conv",
+        "encoder/down_norm",
+    )
     davis = davis2016.get_config()
     assert davis.data.path.endswith("DAVIS2016") and davis.data.resolution == "240p"
     assert davis.steps_per_epoch == 2_079 // 12

@@ -8,9 +8,10 @@ Usage:
 Arguments after ':' (comma-separated): 'smoke' (tiny synthetic run for tests) and 'code' (the
 released code's choices where it departs from the paper: the correspondence losses of
 corr_r18's 'code', M=7 clusters fitted on every 8th frame without position encoding, argmax
-coarse masks in training, lr 1e-5 with biases at 2x and no decay, a frozen backbone in the mask
-stage, and at inference the decoder output averaged with the coarse mask and the recent memory
-filled with the first frame).
+coarse masks in training, lr 1e-5 with biases at 2x and no decay, a frozen backbone (res4's
+down_dim with it) in the mask stage, and at inference the released infer_mask.py protocol
+(`eval.segmenter='released'`; with 'decoding', the decoder output averaged with the coarse
+mask and the recent memory filled with the first frame).
 
 The paper's setting (reference-methods.md section 1): the correspondence stage's
 hyper-parameters (corr_r18.py: Adam lr 1e-4, beta1 0.5, weight decay 5e-4, lr x0.5 every 100
@@ -47,5 +48,6 @@ def get_config(arg: str | None = None, backbone: str = "resnet18") -> ml_collect
         config.optim.lr = 1e-5  # "LR 1e-4 x 0.1 (all groups)"
         config.optim.bias_lr_mult = 2.0
         config.optim.bias_no_weight_decay = True
-        config.optim.frozen = ("encoder/backbone",)
+        # The released Net runs its backbone, down_dim4 included, under torch.no_grad().
+        config.optim.frozen = ("encoder/backbone", "encoder/down_conv", "encoder/down_norm")
     return config

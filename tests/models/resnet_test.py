@@ -255,3 +255,17 @@ def test_split_merge_under_jit_matches_eager():
 def test_bad_options_name_the_field(kwargs, field):
     with pytest.raises(ValueError, match=field):
         resnet.resnet18(rngs=nnx.Rngs(0), **kwargs)
+
+
+def test_stem_bias_adds_a_bias_to_conv1_only():
+    """Mask-VOS's released value encoder: a 4-channel conv1 with a bias (torchvision: none)."""
+    plain = resnet.resnet18(in_channels=4, num_stages=1, rngs=nnx.Rngs(0))
+    biased = resnet.resnet18(in_channels=4, num_stages=1, stem_bias=True, rngs=nnx.Rngs(0))
+    assert plain.conv1.bias is None and biased.conv1.bias.shape == (64,)
+    biased.conv1.bias[...] = jnp.full((64,), 0.5)
+    x = jax.random.normal(jax.random.key(0), (1, 16, 16, 4))
+    # The bias shifts the pre-BN stem by 0.5: with eval BN (mean 0, var 1) the stem becomes
+    # relu(conv(x) + 0.5) scaled by 1 / sqrt(1 + eps).
+    pre = plain.conv1(x)
+    expected = jax.nn.relu((pre + 0.5) / jnp.sqrt(1.0 + 1e-5))
+    np.testing.assert_allclose(biased(x)["stem"], expected, rtol=1e-5, atol=1e-5)

@@ -96,15 +96,26 @@ def make_norm(
     raise ValueError(f"resnet norm={norm!r}; expected one of {NORMS}")
 
 
-def stem_conv(in_features: int, out_features: int, *, dtype: Dtype, rngs: nnx.Rngs) -> nnx.Conv:
-    """The 7x7 stride-2 stem convolution (no bias, He-normal fan_out init, as torchvision)."""
+def stem_conv(
+    in_features: int,
+    out_features: int,
+    *,
+    dtype: Dtype,
+    rngs: nnx.Rngs,
+    bias: bool = False,
+) -> nnx.Conv:
+    """The 7x7 stride-2 stem convolution (He-normal fan_out init, as torchvision).
+
+    torchvision's stem has no bias; Mask-VOS's value encoder replaces it by an nn.Conv2d with
+    the default bias (`bias=True`).
+    """
     return nnx.Conv(
         in_features,
         out_features,
         (7, 7),
         strides=2,
         padding=((3, 3), (3, 3)),
-        use_bias=False,
+        use_bias=bias,
         dtype=dtype,
         kernel_init=nnx.initializers.variance_scaling(2.0, "fan_out", "normal"),
         rngs=rngs,
@@ -294,6 +305,7 @@ class ResNet(nnx.Module):
         depths: tuple[int, int, int, int],
         *,
         in_channels: int = 3,
+        stem_bias: bool = False,
         output_stride: int = 32,
         dilation: bool = False,
         num_stages: int = 4,
@@ -309,6 +321,8 @@ class ResNet(nnx.Module):
           block: BasicBlock or Bottleneck.
           depths: blocks per layer, (2, 2, 2, 2) for ResNet-18, (3, 4, 6, 3) for ResNet-50.
           in_channels: channels of the input (3 RGB; 4 for Mask-VOS's RGB + mask encoder).
+          stem_bias: give the 7x7 stem conv a bias (Mask-VOS's released value encoder: its
+            4-channel conv1 is a plain nn.Conv2d, bias included); torchvision has none.
           output_stride: 32, 16 or 8 (see `layer_strides`).
           dilation: dilate layers whose stride was removed instead of just dropping the stride.
           num_stages: residual layers kept, 1..4 (Mask-VOS: 3, no layer4).
@@ -339,7 +353,7 @@ class ResNet(nnx.Module):
         self.num_stages = num_stages
         self.dtype = dtype
         kw = {"dtype": dtype, "rngs": rngs}
-        self.conv1 = stem_conv(in_channels, 64, dtype=dtype, rngs=rngs)
+        self.conv1 = stem_conv(in_channels, 64, dtype=dtype, rngs=rngs, bias=stem_bias)
         self.norm1 = make_norm(norm, 64, **kw)
         layers = []
         in_features, previous_dilation = 64, 1

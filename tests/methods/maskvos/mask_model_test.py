@@ -68,7 +68,8 @@ def test_resblock_matches_numpy_preactivation(head):
     relu = lambda a: np.maximum(a, 0.0)  # noqa: E731
     r = _conv_same(relu(x), _np(block.conv1.kernel), _np(block.conv1.bias))
     r = _conv_same(relu(r), _np(block.conv2.kernel), _np(block.conv2.bias))
-    assert block.shortcut.kernel.shape == (1, 1, 16, 8)
+    # The released (STCN) shortcut is a 3x3 conv on the un-activated input.
+    assert block.shortcut.kernel.shape == (3, 3, 16, 8)
     shortcut = _conv_same(x, _np(block.shortcut.kernel), _np(block.shortcut.bias))
     out = block(jnp.asarray(x))
     assert out.shape == (2, 4, 5, 8)
@@ -84,8 +85,22 @@ def test_resblock_matches_numpy_preactivation(head):
         block(jnp.asarray(x[..., :8]))
 
 
-def test_cbam_matches_numpy():
-    cbam = mask_model.ChannelSpatialAttention(32, rngs=nnx.Rngs(0))
+def test_resblock_pointwise_shortcut_option():
+    block = mask_model.ResBlock(6, 4, shortcut_kernel=1, rngs=nnx.Rngs(0))
+    assert block.shortcut.kernel.shape == (1, 1, 6, 4)
+    x = np.asarray(jax.random.normal(jax.random.key(7), (1, 3, 4, 6)))
+    relu = lambda a: np.maximum(a, 0.0)  # noqa: E731
+    r = _conv_same(relu(x), _np(block.conv1.kernel), _np(block.conv1.bias))
+    r = _conv_same(relu(r), _np(block.conv2.kernel), _np(block.conv2.bias))
+    shortcut = x @ _np(block.shortcut.kernel)[0, 0] + _np(block.shortcut.bias)
+    np.testing.assert_allclose(block(jnp.asarray(x)), shortcut + r, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="shortcut_kernel"):
+        mask_model.ResBlock(6, 4, shortcut_kernel=5, rngs=nnx.Rngs(0))
+
+
+@pytest.mark.parametrize("pool_order", [("max", "mean"), ("mean", "max")])
+def test_cbam_matches_numpy(pool_order):
+    cbam = mask_model.ChannelSpatialAttention(32, pool_order=pool_order, rngs=nnx.Rngs(0))
     assert cbam.mlp1.kernel.shape == (32, 2)  # reduction 16
     assert cbam.spatial.kernel.shape == (7, 7, 2, 1)
     x = np.asarray(jax.random.normal(jax.random.key(2), (2, 5, 6, 32)))
@@ -96,9 +111,13 @@ def test_cbam_matches_numpy():
 
     gate = _sigmoid(mlp(x.mean(axis=(1, 2))) + mlp(x.max(axis=(1, 2))))
     y = x * gate[:, None, None, :]
-    maps = np.stack([y.mean(-1), y.max(-1)], axis=-1)
+    # The released ChannelPool stacks [max, mean] (the default order).
+    pools = {"max": y.max(-1), "mean": y.mean(-1)}
+    maps = np.stack([pools[p] for p in pool_order], axis=-1)
     expected = y * _sigmoid(_conv_same(maps, _np(cbam.spatial.kernel), _np(cbam.spatial.bias)))
     np.testing.assert_allclose(cbam(jnp.asarray(x)), expected, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="pool_order"):
+        mask_model.ChannelSpatialAttention(32, pool_order=("max", "max"), rngs=nnx.Rngs(0))
 
 
 def test_feature_fusion_block_wiring_and_shape(head):
@@ -109,9 +128,15 @@ def test_feature_fusion_block_wiring_and_shape(head):
     feature = jax.random.normal(jax.random.key(4), (2, 4, 4, 16))
     out = block(res4, feature)
     assert out.shape == (2, 4, 4, 16)
-    x1 = block.block1(jnp.concatenate([res4, feature], axis=-1))
+    # The released fuser concatenates [V's feature, res4].
+    x1 = block.block1(jnp.concatenate([feature, res4], axis=-1))
     expected = block.block2(x1 + block.attention(x1))
     np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-6)
+    res4_first = mask_model.FeatureFusionBlock(24, 16, mask_feature_first=False, rngs=nnx.Rngs(0))
+    nnx.update(res4_first, nnx.state(block))
+    x1 = block.block1(jnp.concatenate([res4, feature], axis=-1))
+    expected = block.block2(x1 + block.attention(x1))
+    np.testing.assert_allclose(res4_first(res4, feature), expected, rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="FeatureFusionBlock"):
         block(res4, feature[..., :8])
 
@@ -144,7 +169,9 @@ def test_frame_mask_encoder_resnet18_backbone_parameter_count(head):
     assert layer4 == 8_393_728
     fc = 512 * 1000 + 1000
     expected = 11_689_512 - layer4 - fc + 64 * 1 * 7 * 7  # the mask channel of conv1
-    assert _param_count(model.backbone) == expected == 2_785_920
+    # + conv1's bias (the released 4-channel conv1 is a plain nn.Conv2d).
+    assert _param_count(model.backbone) == expected + 64 == 2_785_984
+    assert model.backbone.conv1.bias.shape == (64,)
     assert model.project.kernel.shape == (1, 1, 256, 16)
 
 
@@ -213,6 +240,86 @@ def test_mask_head_two_objects_equal_per_object_calls(head):
     assert coarse.shape == (1, 2, 32, 48)
     with pytest.raises(ValueError, match="readout"):
         head.decode(frames, masks, readout[:, :1], res4, f3, f2)
+
+
+def _align_corners_numpy(x: np.ndarray, height: int, width: int) -> np.ndarray:
+    """torch F.interpolate(size, mode='bilinear', align_corners=True) of x [B, h, w]."""
+
+    def sample(n_in: int, n_out: int) -> np.ndarray:
+        m = np.zeros((n_out, n_in))
+        for i in range(n_out):
+            src = i * (n_in - 1) / (n_out - 1) if n_out > 1 else 0.0
+            lo = min(int(np.floor(src)), n_in - 1)
+            hi = min(lo + 1, n_in - 1)
+            m[i, lo] += 1.0 - (src - lo)
+            m[i, hi] += src - lo
+        return m
+
+    return np.einsum("Hh,bhw,Ww->bHW", sample(x.shape[1], height), x, sample(x.shape[2], width))
+
+
+def test_resize_align_corners_known_answers():
+    x = np.asarray(jax.random.uniform(jax.random.key(12), (2, 3, 4)), np.float64)
+    up = mask_model.resize_align_corners(jnp.asarray(x, jnp.float32), 24, 32)
+    np.testing.assert_allclose(up, _align_corners_numpy(x, 24, 32), rtol=1e-5, atol=1e-6)
+    # Corners coincide; a 2-sample ramp upsampled to 5 samples is exactly linear.
+    np.testing.assert_allclose(up[:, 0, 0], x[:, 0, 0], rtol=1e-6)
+    np.testing.assert_allclose(up[:, -1, -1], x[:, -1, -1], rtol=1e-6)
+    ramp = mask_model.resize_align_corners(jnp.array([[[0.0, 1.0]]]), 1, 5)
+    np.testing.assert_allclose(ramp[0, 0], [0.0, 0.25, 0.5, 0.75, 1.0], atol=1e-7)
+    # Shrinking samples without antialiasing (the released one-hot labels to /8).
+    big = np.asarray(jax.random.uniform(jax.random.key(13), (1, 16, 24)), np.float64)
+    down = mask_model.resize_align_corners(jnp.asarray(big, jnp.float32), 2, 3)
+    np.testing.assert_allclose(down, _align_corners_numpy(big, 2, 3), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("mask_resize", ["align_corners", "half_pixel"])
+def test_mask_head_coarse_masks_resize(head, mask_resize):
+    frames, masks, readout, res4, f3, f2 = _head_inputs()
+    coarse = np.asarray(masks[:, :, ::8, ::8], np.float64)  # [1, 2, 4, 6]
+    other = mask_model.MaskHead(
+        "resnet18",
+        **TINY,
+        decoder_widths=(16, 8, 8),
+        mask_resize=mask_resize,
+        rngs=nnx.Rngs(0),
+    )
+    nnx.update(other, nnx.state(head))
+    values = other.encode(frames, jnp.asarray(coarse, jnp.float32), res4)
+    if mask_resize == "align_corners":
+        full = _align_corners_numpy(coarse[0], 32, 48)
+    else:
+        full = _upsample_bilinear_numpy(coarse[0], 8)
+    for k in range(2):
+        expected = head.value_encoder(frames, jnp.asarray(full[k : k + 1], jnp.float32), res4)
+        np.testing.assert_allclose(values[:, k], expected, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="mask_resize"):
+        mask_model.MaskHead("resnet18", **TINY, mask_resize="nearest", rngs=nnx.Rngs(0))
+
+
+@pytest.mark.parametrize("object_batches", [True, False])
+def test_mask_head_train_mode_batch_statistics_per_object(head, object_batches):
+    frames, masks, readout, res4, f3, f2 = _head_inputs(b=2, k=2)
+    res4 = jnp.concatenate([res4, res4], axis=0)[:2]
+    model = nnx.clone(head)
+    model.object_batches = object_batches
+    values = model.encode(frames, masks, res4, train=True)
+    if object_batches:  # the released code: one V call (one BatchNorm batch) per object
+        for k in range(2):
+            alone = nnx.clone(head).value_encoder(frames, masks[:, k], res4, train=True)
+            np.testing.assert_allclose(values[:, k], alone, rtol=1e-4, atol=1e-4)
+    else:
+        folded = nnx.clone(head).value_encoder(
+            jnp.repeat(frames, 2, axis=0),
+            masks.reshape(4, 32, 48),
+            jnp.repeat(res4, 2, axis=0),
+            train=True,
+        )
+        np.testing.assert_allclose(
+            values.reshape(4, *values.shape[2:]), folded, rtol=1e-4, atol=1e-4
+        )
+        alone = nnx.clone(head).value_encoder(frames, masks[:, 0], res4, train=True)
+        assert np.abs(np.asarray(values[:, 0] - alone)).max() > 1e-3
 
 
 def test_gradients_reach_every_parameter(head):

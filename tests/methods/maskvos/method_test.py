@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from configs.maskvos import corr_r18, r50
+from configs.maskvos import corr_r18, r18, r50
 from vosjax import sharding, train
 from vosjax.methods.maskvos import correspondence, method
 
@@ -93,14 +93,20 @@ def test_a_frozen_encoder_keeps_weights_and_statistics_and_seg_alone_is_trained(
 
 
 def test_a_frozen_backbone_keeps_its_statistics_while_the_key_head_trains():
-    """The 'code' setting: the backbone frozen (torch.no_grad, .eval()), down_dim / emb_q train."""
+    """The 'code' setting: the backbone and its down_dim frozen (torch.no_grad, .eval()), emb_q
+    and the skip heads train."""
     config = _config()
-    config.optim.frozen = ("encoder/backbone",)
+    config.optim.frozen = r18.get_config("smoke,code").optim.frozen
+    assert "encoder/down_conv" in config.optim.frozen
     (old_params, old_stats), (new_params, new_stats), values = _one_step(config)
     assert not any(_changed(old_params, new_params, ("encoder", "backbone")))
     assert not any(_changed(old_stats, new_stats, ("encoder", "backbone")))
     assert any(_changed(old_params, new_params, ("encoder", "key_conv2")))
-    assert any(_changed(old_stats, new_stats, ("encoder", "down_norm")))
+    assert any(_changed(old_params, new_params, ("encoder", "f3_conv")))
+    # down_dim belongs to the released backbone: eval mode (running statistics), no update.
+    assert not any(_changed(old_params, new_params, ("encoder", "down_conv")))
+    assert not any(_changed(old_stats, new_stats, ("encoder", "down_norm")))
+    assert any(_changed(old_stats, new_stats, ("encoder", "key_norm")))
     assert float(values["short_loss"]) > 0 and float(values["seg_loss"]) > 0
 
 

@@ -154,3 +154,49 @@ def test_bad_arguments_are_named(head):
         segmentation.segmentation_loss(
             head, frames, features, labels[:, :, :2], objects, max_objects=K, num_queries=1
         )
+
+
+def test_full_resolution_labels_follow_the_released_forward(head):
+    """Labels at the frames' size: V reads them as they are, the coarse propagation reads the
+    one-hot labels sampled to the keys' grid with align_corners=True, the loss is at full size.
+    """
+    frames, features, _ = _inputs(seed=4)
+    rng = np.random.default_rng(5)
+    full = rng.integers(0, K + 1, size=(B, T, S, S)).astype(np.int32)
+    kwargs = dict(max_objects=K, num_queries=2, coarse="argmax", train=False, with_outputs=True)
+    objects = jnp.array([2, 2])
+    loss, aux = segmentation.segmentation_loss(
+        head, frames, features, jnp.asarray(full), objects, **kwargs
+    )
+    assert aux["seg_logits"].shape == (2, B, K + 1, S, S)
+    assert aux["seg_coarse"].shape == (2, B, H, H)
+    np.testing.assert_allclose(float(loss), float(np.mean(aux["seg_query_losses"])), rtol=1e-6)
+    # The coarse labels of query 1 by hand: one-hot (background included) sampled at the
+    # align_corners grid, propagated by the affinity of frame 0 to frame 1, argmax.
+    one_hot = (full[:, 0, None] == np.arange(K + 1)[None, :, None, None]).astype(np.float32)
+    src = np.arange(H) * (S - 1) / (H - 1)
+    lo, frac = np.floor(src).astype(int), src - np.floor(src)
+    hi = np.minimum(lo + 1, S - 1)
+    rows = one_hot[:, :, lo] * (1 - frac)[:, None] + one_hot[:, :, hi] * frac[:, None]
+    small = rows[..., lo] * (1 - frac) + rows[..., hi] * frac  # [B, K + 1, H, H]
+    keys = np.asarray(features["key"])
+    affinity = segmentation.memory_affinity(
+        jnp.asarray(keys[:, 0].reshape(B, H * H, -1)),
+        jnp.asarray(keys[:, 1].reshape(B, H * H, -1)),
+        0.05,
+    )
+    propagated = np.einsum("bmn,bkm->bkn", np.asarray(affinity), small.reshape(B, K + 1, -1))
+    np.testing.assert_array_equal(aux["seg_coarse"][0], propagated.argmax(1).reshape(B, H, H))
+    # The loss compares with the full-resolution labels.
+    log_probs = jax.nn.log_softmax(aux["seg_logits"][0], axis=1)
+    picked = np.take_along_axis(np.asarray(log_probs), full[:, 1, None], axis=1)
+    np.testing.assert_allclose(
+        float(aux["seg_query_losses"][0]), -picked.mean(), rtol=1e-5, atol=1e-6
+    )
+    # Labels at /8 that are constant on 8 x 8 cells give the same targets as their full-size
+    # repetition; the two paths differ only in what V and the coarse step read.
+    small_labels = full[:, :, ::8, ::8]
+    coarse_loss, _ = segmentation.segmentation_loss(
+        head, frames, features, jnp.asarray(small_labels), objects, **kwargs
+    )
+    assert np.isfinite(float(coarse_loss))

@@ -17,6 +17,17 @@ ResNet-18 V loads supervised ImageNet weights; here V is randomly initialised.
 
 Objects are folded into the batch axis (`MaskHead`): one call of V and D for all objects of a
 frame.
+
+Details of the released modules that are the defaults here (each an argument):
+- `ResBlock(shortcut_kernel=3)`: the projection shortcut is a 3x3 conv (STCN's), not a 1x1;
+- `ChannelSpatialAttention(pool_order=("max", "mean"))`: the spatial gate's 7x7 conv reads
+  [channel max, channel mean] in that order;
+- `FeatureFusionBlock(mask_feature_first=True)`: the fusion concatenates [V's feature, res4];
+- `FrameMaskEncoder(stem_bias=True)`: V's 4-channel 7x7 conv1 has a bias;
+- `MaskHead(mask_resize="align_corners")`: coarse masks at /8 reach V through a bilinear
+  resize with align_corners=True (the released `F.interpolate(..., align_corners=True)`);
+- `MaskHead(object_batches=True)`: in training, V runs once per object (and frame), so its
+  BatchNorm statistics are those of one object's batch, as the released per-object calls.
 """
 
 from __future__ import annotations
@@ -25,6 +36,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from vosjax.methods.maskvos import encoder
@@ -34,6 +46,8 @@ BACKBONES = encoder.BACKBONES
 # STCN / Mask-VOS clamp before taking log-odds, so that 0 and 1 stay finite.
 PROB_EPSILON = 1e-7
 _EXPANSION = {"resnet18": 1, "resnet50": 4}
+MASK_RESIZES = ("align_corners", "half_pixel")
+POOLS = ("max", "mean")
 
 
 def _torch_default_conv(
@@ -86,19 +100,65 @@ def _resize(x: jax.Array, height: int, width: int) -> jax.Array:
     return jax.image.resize(x, (x.shape[0], height, width, x.shape[3]), "bilinear")
 
 
+def align_corners_weights(n_in: int, n_out: int) -> np.ndarray:
+    """Bilinear interpolation matrix [n_out, n_in] of torch's `align_corners=True`.
+
+    Output sample i reads input position i (n_in - 1) / (n_out - 1) (position 0 when n_out is
+    1): the corner samples of input and output coincide.
+    """
+    src = np.zeros(n_out) if n_out == 1 else np.arange(n_out) * ((n_in - 1) / (n_out - 1))
+    lo = np.clip(np.floor(src).astype(np.int64), 0, n_in - 1)
+    hi = np.minimum(lo + 1, n_in - 1)
+    frac = src - lo
+    weights = np.zeros((n_out, n_in), np.float64)
+    rows = np.arange(n_out)
+    np.add.at(weights, (rows, lo), 1.0 - frac)
+    np.add.at(weights, (rows, hi), frac)
+    return weights.astype(np.float32)
+
+
+def resize_align_corners(x: jax.Array, height: int, width: int) -> jax.Array:
+    """Bilinear resize of x [..., h, w] to [..., height, width] with align_corners=True.
+
+    As torch's `F.interpolate(mode="bilinear", align_corners=True)` (no antialiasing, also when
+    shrinking): two small interpolation matrices, applied as matmuls.
+    """
+    h, w = x.shape[-2:]
+    if (h, w) == (height, width):
+        return x
+    wy = jnp.asarray(align_corners_weights(h, height))
+    wx = jnp.asarray(align_corners_weights(w, width))
+    hp = jax.lax.Precision.HIGHEST
+    y = jnp.einsum("Yh,...hw->...Yw", wy, x.astype(jnp.float32), precision=hp)
+    return jnp.einsum("Xw,...Yw->...YX", wx, y, precision=hp)
+
+
 class ResBlock(nnx.Module):
     """Pre-activation residual block: x + conv(relu(conv(relu(x)))), as STCN / Mask-VOS.
 
-    Two 3x3 convs with bias and no norm; a 1x1 conv projects the shortcut when the channel
-    counts differ. The output is not activated (the next block starts with a ReLU). `dtype` is
-    the compute dtype (parameters stay float32), as in every module here.
+    Two 3x3 convs with bias and no norm; a conv projects the shortcut when the channel counts
+    differ (`shortcut_kernel` x `shortcut_kernel`: 3 in STCN and the released Mask-VOS, 1 for a
+    pointwise projection). The output is not activated (the next block starts with a ReLU).
+    `dtype` is the compute dtype (parameters stay float32), as in every module here.
     """
 
-    def __init__(self, in_ch: int, out_ch: int, *, dtype: resnet.Dtype = None, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        in_ch: int,
+        out_ch: int,
+        *,
+        shortcut_kernel: int = 3,
+        dtype: resnet.Dtype = None,
+        rngs: nnx.Rngs,
+    ):
+        if shortcut_kernel not in (1, 3):
+            raise ValueError(f"ResBlock shortcut_kernel={shortcut_kernel}; expected 1 or 3")
         kw = {"dtype": dtype, "rngs": rngs}
         self.conv1 = _torch_default_conv(in_ch, out_ch, 3, **kw)
         self.conv2 = _torch_default_conv(out_ch, out_ch, 3, **kw)
-        self.shortcut = _torch_default_conv(in_ch, out_ch, 1, **kw) if in_ch != out_ch else None
+        self.shortcut = (
+            _torch_default_conv(in_ch, out_ch, shortcut_kernel, **kw) if in_ch != out_ch else None
+        )
         self.in_ch = in_ch
 
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -113,7 +173,8 @@ class ChannelSpatialAttention(nnx.Module):
     """CBAM (Woo et al., 2018): a channel gate then a spatial gate, each multiplying x.
 
     Channel gate: sigmoid(MLP(avg_pool(x)) + MLP(max_pool(x))) with one shared MLP
-    C -> C / reduction -> C (ReLU). Spatial gate: sigmoid(conv7x7([mean_c(x), max_c(x)])).
+    C -> C / reduction -> C (ReLU). Spatial gate: sigmoid(conv7x7([max_c(x), mean_c(x)])) on the
+    channel-gated x (the pooled maps in `pool_order`; CBAM's and the released order: max first).
     """
 
     def __init__(
@@ -122,6 +183,7 @@ class ChannelSpatialAttention(nnx.Module):
         *,
         reduction: int = 16,
         spatial_kernel: int = 7,
+        pool_order: tuple[str, str] = ("max", "mean"),
         dtype: resnet.Dtype = None,
         rngs: nnx.Rngs,
     ):
@@ -131,12 +193,16 @@ class ChannelSpatialAttention(nnx.Module):
           channels: channels C of the input.
           reduction: the MLP's hidden width is max(1, C // reduction).
           spatial_kernel: side of the spatial gate's conv (odd).
+          pool_order: the order of the channel-pooled maps that the spatial conv reads,
+            ('max', 'mean') (CBAM, the released code) or ('mean', 'max').
           dtype: compute dtype; parameters stay float32.
           rngs: initialisation randomness.
 
         Raises:
-          ValueError: reduction < 1 or an even spatial_kernel.
+          ValueError: reduction < 1, an even spatial_kernel or a bad pool_order.
         """
+        if sorted(pool_order) != sorted(POOLS):
+            raise ValueError(f"CBAM pool_order={pool_order!r}; expected an order of {POOLS}")
         if reduction < 1:
             raise ValueError(f"CBAM reduction={reduction}; expected >= 1")
         if spatial_kernel < 1 or spatial_kernel % 2 == 0:
@@ -147,6 +213,7 @@ class ChannelSpatialAttention(nnx.Module):
         self.mlp2 = _torch_default_linear(hidden, channels, **kw)
         self.spatial = _torch_default_conv(2, 1, spatial_kernel, **kw)
         self.channels = channels
+        self.pool_order = tuple(pool_order)
 
     def _mlp(self, x: jax.Array) -> jax.Array:
         return self.mlp2(nnx.relu(self.mlp1(x)))
@@ -156,24 +223,36 @@ class ChannelSpatialAttention(nnx.Module):
         _check_channels("CBAM input", x, self.channels)
         pooled = self._mlp(jnp.mean(x, axis=(1, 2))) + self._mlp(jnp.max(x, axis=(1, 2)))
         x = x * nnx.sigmoid(pooled)[:, None, None, :]
+        pools = {"max": jnp.max, "mean": jnp.mean}
         maps = jnp.concatenate(
-            [jnp.mean(x, axis=-1, keepdims=True), jnp.max(x, axis=-1, keepdims=True)], axis=-1
+            [pools[p](x, axis=-1, keepdims=True) for p in self.pool_order], axis=-1
         )
         return x * nnx.sigmoid(self.spatial(maps))
 
 
 class FeatureFusionBlock(nnx.Module):
-    """concat(res4, mask feature) -> ResBlock(in -> out) -> + CBAM -> ResBlock(out -> out).
+    """concat(mask feature, res4) -> ResBlock(in -> out) -> + CBAM -> ResBlock(out -> out).
 
     in_ch is the channels of the concatenation (embed_dim + value_dim), out_ch value_dim.
+    `mask_feature_first` (the released order) puts V's feature before res4; False puts res4
+    first.
     """
 
-    def __init__(self, in_ch: int, out_ch: int, *, dtype: resnet.Dtype = None, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        in_ch: int,
+        out_ch: int,
+        *,
+        mask_feature_first: bool = True,
+        dtype: resnet.Dtype = None,
+        rngs: nnx.Rngs,
+    ):
         kw = {"dtype": dtype, "rngs": rngs}
         self.block1 = ResBlock(in_ch, out_ch, **kw)
         self.attention = ChannelSpatialAttention(out_ch, **kw)
         self.block2 = ResBlock(out_ch, out_ch, **kw)
         self.in_ch = in_ch
+        self.mask_feature_first = mask_feature_first
 
     def __call__(self, frame_feature: jax.Array, mask_feature: jax.Array) -> jax.Array:
         """Fuses two maps of one resolution.
@@ -193,8 +272,11 @@ class FeatureFusionBlock(nnx.Module):
                 f"FeatureFusionBlock frame_feature {frame_feature.shape} and mask_feature "
                 f"{mask_feature.shape}; expected the same [B, h, w]"
             )
-        x = jnp.concatenate([frame_feature, mask_feature.astype(frame_feature.dtype)], axis=-1)
-        _check_channels("FeatureFusionBlock concat(frame_feature, mask_feature)", x, self.in_ch)
+        parts = [frame_feature, mask_feature.astype(frame_feature.dtype)]
+        if self.mask_feature_first:
+            parts = parts[::-1]
+        x = jnp.concatenate(parts, axis=-1)
+        _check_channels("FeatureFusionBlock concat(mask_feature, frame_feature)", x, self.in_ch)
         x = self.block1(x)
         x = x + self.attention(x)
         return self.block2(x)
@@ -215,6 +297,7 @@ class FrameMaskEncoder(nnx.Module):
         embed_dim: int = 512,
         value_dim: int = 512,
         norm: str = "batch",
+        stem_bias: bool = True,
         dtype: resnet.Dtype = None,
         rngs: nnx.Rngs,
     ):
@@ -225,6 +308,7 @@ class FrameMaskEncoder(nnx.Module):
           embed_dim: channels of E's res4 that V fuses with.
           value_dim: channels of the value (512).
           norm: the backbone's norm ('batch', 'group', 'frozen_batch').
+          stem_bias: the 4-channel 7x7 conv1 has a bias (the released code).
           dtype: compute dtype; parameters stay float32.
           rngs: initialisation randomness.
 
@@ -239,7 +323,13 @@ class FrameMaskEncoder(nnx.Module):
             )
         build = resnet.resnet18 if backbone == "resnet18" else resnet.resnet50
         self.backbone = build(
-            in_channels=4, output_stride=8, num_stages=3, norm=norm, dtype=dtype, rngs=rngs
+            in_channels=4,
+            stem_bias=stem_bias,
+            output_stride=8,
+            num_stages=3,
+            norm=norm,
+            dtype=dtype,
+            rngs=rngs,
         )
         kw = {"dtype": dtype, "rngs": rngs}
         self.project = encoder.conv1x1(self.backbone.num_features, value_dim, bias=True, **kw)
@@ -276,9 +366,18 @@ class FrameMaskEncoder(nnx.Module):
         expected = (b, -(-h // 8), -(-w // 8), self.embed_dim)
         if res4.shape != expected:
             raise ValueError(f"FrameMaskEncoder res4 of shape {res4.shape}; expected {expected}")
+        return self.fuser(res4, self.mask_feature(frames, masks, train=train))
+
+    def mask_feature(self, frames: jax.Array, masks: jax.Array, *, train: bool = False):
+        """The backbone's projected layer3 [B, H/8, W/8, value_dim], before the fusion.
+
+        Args:
+          frames: [B, H, W, 3] normalised frames.
+          masks: [B, H, W, 1] object probability maps.
+          train: use and update the backbone's batch statistics if True.
+        """
         x = jnp.concatenate([frames, masks.astype(frames.dtype)], axis=-1)
-        layer3 = self.backbone(x, train=train)["layer3"]
-        return self.fuser(res4, self.project(layer3))
+        return self.project(self.backbone(x, train=train)["layer3"])
 
 
 class MaskDecoder(nnx.Module):
@@ -390,6 +489,8 @@ class MaskHead(nnx.Module):
         value_dim: int = 512,
         decoder_widths: tuple[int, int, int] = (512, 256, 128),
         norm: str = "batch",
+        mask_resize: str = "align_corners",
+        object_batches: bool = True,
         dtype: resnet.Dtype = None,
         rngs: nnx.Rngs,
     ):
@@ -402,12 +503,22 @@ class MaskHead(nnx.Module):
           value_dim: channels of V's values.
           decoder_widths: D's (hidden, mid, out) widths.
           norm: V's backbone norm.
+          mask_resize: how masks that are not at the frame's size reach V: 'align_corners'
+            (bilinear, torch align_corners=True: the released code) or 'half_pixel' (bilinear,
+            align_corners=False).
+          object_batches: in training, run V once per object so that its BatchNorm statistics
+            are one object's batch (the released per-object calls); False folds the objects
+            into one batch. Outputs in eval mode do not depend on it.
           dtype: compute dtype; parameters stay float32.
           rngs: initialisation randomness.
 
         Raises:
-          ValueError: on an unknown backbone or bad widths.
+          ValueError: on an unknown backbone, bad widths or an unknown mask_resize.
         """
+        if mask_resize not in MASK_RESIZES:
+            raise ValueError(
+                f"MaskHead mask_resize={mask_resize!r}; expected one of {MASK_RESIZES}"
+            )
         encoder_backbone = backbone if encoder_backbone is None else encoder_backbone
         if encoder_backbone not in BACKBONES:
             raise ValueError(
@@ -422,6 +533,16 @@ class MaskHead(nnx.Module):
             value_dim=value_dim, f3_dim=128 * e, f2_dim=64 * e, widths=decoder_widths, **kw
         )
         self.value_dim = value_dim
+        self.mask_resize = mask_resize
+        self.object_batches = object_batches
+
+    def resize_masks(self, masks: jax.Array, height: int, width: int) -> jax.Array:
+        """masks [..., h, w] -> float32 [..., height, width] as `mask_resize` says."""
+        masks = masks.astype(jnp.float32)
+        if self.mask_resize == "align_corners":
+            return resize_align_corners(masks, height, width)
+        flat = masks.reshape(-1, *masks.shape[-2:], 1)
+        return _resize(flat, height, width)[..., 0].reshape(*masks.shape[:-2], height, width)
 
     def encode(
         self, frames: jax.Array, masks: jax.Array, res4: jax.Array, *, train: bool = False
@@ -431,7 +552,7 @@ class MaskHead(nnx.Module):
         Args:
           frames: [B, H, W, 3] normalised frames.
           masks: [B, K, H', W'] object probability maps; bilinearly resized to (H, W) when
-            (H', W') differs (e.g. coarse masks at /8).
+            (H', W') differs (e.g. coarse masks at /8), as `mask_resize` says.
           res4: [B, H/8, W/8, embed_dim] E's res4 of the frames.
           train: use and update V's batch statistics if True.
 
@@ -448,10 +569,15 @@ class MaskHead(nnx.Module):
             )
         b, h, w = frames.shape[:3]
         k = masks.shape[1]
-        masks = masks.reshape(b * k, *masks.shape[2:], 1)
-        masks = _resize(masks.astype(jnp.float32), h, w)[..., 0]
+        masks = self.resize_masks(masks, h, w)  # [B, K, H, W]
+        if train and self.object_batches:
+            values = [self.value_encoder(frames, masks[:, j], res4, train=True) for j in range(k)]
+            return jnp.stack(values, axis=1)
         values = self.value_encoder(
-            jnp.repeat(frames, k, axis=0), masks, jnp.repeat(res4, k, axis=0), train=train
+            jnp.repeat(frames, k, axis=0),
+            masks.reshape(b * k, h, w),
+            jnp.repeat(res4, k, axis=0),
+            train=train,
         )
         return values.reshape(b, k, *values.shape[1:])
 

@@ -23,7 +23,14 @@ import ml_collections
 from flax import nnx
 
 from vosjax import evaluate, optimizers
-from vosjax.methods.maskvos import correspondence, inference, mask_data, mask_model, segmentation
+from vosjax.methods.maskvos import (
+    correspondence,
+    inference,
+    mask_data,
+    mask_model,
+    released_inference,
+    segmentation,
+)
 from vosjax.methods.maskvos import encoder as encoder_lib
 from vosjax.ops import color
 
@@ -54,7 +61,8 @@ def add_config_fields(
       code: the released code's choices where it departs from the paper: M=7 clusters fitted on
         every 8th frame without position encoding, argmax coarse masks in training, the
         decoder output averaged with the coarse mask and the recent memory filled with the
-        first frame at inference.
+        first frame at inference (`eval.decoding`), and the released inference protocol as the
+        segmenter (`eval.segmenter='released'`: `released_inference`).
     """
     config.method = "maskvos"
     config.model.mask_backbone = config.model.backbone
@@ -87,7 +95,10 @@ def add_config_fields(
             "cache_dir": "",  # '' = <workdir>/pseudo_masks
         }
     )
-    config.eval.segmenter = "decoding"  # or 'propagation': E's keys with config.eval.propagation
+    # 'decoding' (vosjax's mask decoding, config.eval.decoding), 'propagation' (E's keys with
+    # config.eval.propagation) or 'released' (the released infer_mask.py protocol,
+    # `released_inference`, with config.eval.decoding's top_k, temperature, radius, num_recent).
+    config.eval.segmenter = "released" if code else "decoding"
     config.eval.decoding = ml_collections.ConfigDict(
         {
             "top_k": 10,
@@ -106,7 +117,7 @@ def add_config_fields(
         config.eval.decoding.refine_rounds = 1
 
 
-SEGMENTERS = ("decoding", "propagation")
+SEGMENTERS = ("decoding", "propagation", "released")
 CORRESPONDENCE_WEIGHTS = ("short_weight", "long_weight", "temp_weight")
 
 
@@ -166,9 +177,23 @@ class MaskVOS:
         return mask_data.make_transform(self.config.data)
 
     def make_segmenter(self, model: MaskVOSModel) -> evaluate.Segmenter:
-        """Mask decoding (`config.eval.decoding`), or propagation of E's keys."""
-        if self.config.eval.get("segmenter", "decoding") == "propagation":
+        """Mask decoding (`config.eval.decoding`), the released protocol, or propagation of E's
+        keys."""
+        segmenter = self.config.eval.get("segmenter", "decoding")
+        if segmenter == "propagation":
             return self.correspondence.make_segmenter(model.encoder)
+        if segmenter == "released":
+            decoding = self.config.eval.decoding
+            return released_inference.ReleasedMaskDecoder(
+                model.encoder,
+                model.head,
+                released_inference.ReleasedDecodingConfig(
+                    top_k=decoding.top_k,
+                    temperature=decoding.temperature,
+                    radius=decoding.radius,
+                    num_recent=decoding.num_recent,
+                ),
+            )
         return inference.MaskDecodingSegmenter.from_config(
             model.encoder, model.head, self.config.eval.decoding
         )

@@ -8,7 +8,13 @@ For each query frame q = 1..Q of a clip, the memory is frames 0..q-1 with their 
   logits  = D([V_q, V(frame_q, Y_q)], f3_q, f2_q)                      [B, K, S, S]
 and L_seg is the cross-entropy of the soft-aggregated logits (background + K objects) against
 the query's pseudo mask, averaged over the Q queries. The paper warps the reference masks with A
-(`coarse='soft'`); the released code takes the argmax of the warped masks (`coarse='argmax'`).
+(`coarse='soft'`); the released code takes the argmax of the warped masks, background channel
+included (`coarse='argmax'`).
+
+As the released `FrameworkMask.forward`, V runs once per memory frame (and, with
+`MaskHead.object_batches`, per object): in training each call is its own BatchNorm batch. The
+pseudo masks may be at the keys' stride or at full resolution (the released code's); see
+`segmentation_loss`.
 """
 
 from __future__ import annotations
@@ -63,15 +69,27 @@ def segmentation_loss(
     temperature: float = 0.05,
     coarse: str = "soft",
     train: bool = True,
+    with_outputs: bool = False,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """L_seg of a batch of clips (see the module docstring).
+
+    The pseudo masks may be given at the keys' stride (vosjax's clustering) or at the frames'
+    size (the released code's full-resolution pseudo masks). At full resolution, as the
+    released `FrameworkMask.forward`: V reads each memory frame's full-resolution object masks,
+    the coarse propagation reads the one-hot labels (background included) resized to the keys'
+    grid by bilinear sampling with align_corners=True, and the loss compares with the
+    full-resolution labels. At the keys' stride, V reads the masks resized up by the head
+    (`MaskHead.mask_resize`) and the loss compares with the labels repeated x8.
+
+    V runs once per memory frame (the released per-frame calls: in training each call is one
+    BatchNorm batch), frame q - 1 just before query q.
 
     Args:
       head: V and D.
       frames: [B, T, S, S, 3] normalised frames (`color.normalize_frames`).
       features: E's outputs per frame: 'key' [B, T, h, w, Dk] (unit norm), 'res4'
         [B, T, h, w, E], 'f3' [B, T, h, w, F3], 'f2' [B, T, 2h, 2w, F2]; h = S / 8.
-      labels: int [B, T, h, w] pseudo masks, 0 background, 1..K objects.
+      labels: int [B, T, h, w] or [B, T, S, S] pseudo masks, 0 background, 1..K objects.
       num_objects: int [B], objects present in each clip (<= max_objects); absent ones are
         ignored by the aggregation.
       max_objects: K.
@@ -79,6 +97,9 @@ def segmentation_loss(
       temperature: tau of the affinity.
       coarse: 'soft' (paper) or 'argmax' (released code).
       train: BatchNorm mode of V.
+      with_outputs: also return, in the aux dict, 'seg_query_losses' [Q], 'seg_logits'
+        [Q, B, K + 1, S, S] (the aggregated logits of the loss) and 'seg_coarse' int
+        [Q, B, h, w] (the argmax of the coarse propagation, background 0).
 
     Returns:
       (scalar loss, {'seg_loss', 'seg_acc' (pixel accuracy), 'seg_objects' (mean objects)}).
@@ -93,32 +114,39 @@ def segmentation_loss(
         raise ValueError(f"num_queries={num_queries}: expected 1..{t - 1} (clip length {t} - 1)")
     if coarse not in COARSE_MODES:
         raise ValueError(f"coarse={coarse!r}: expected one of {COARSE_MODES}")
-    if labels.shape != (b, t, h, w):
-        raise ValueError(f"labels of shape {labels.shape}; expected {(b, t, h, w)}")
-    factor = size // h
+    full_resolution = labels.shape == (b, t) + tuple(frames.shape[2:4])
+    if labels.shape != (b, t, h, w) and not full_resolution:
+        raise ValueError(
+            f"labels of shape {labels.shape}; expected {(b, t, h, w)} (the keys' grid) or "
+            f"{(b, t) + tuple(frames.shape[2:4])} (the frames' size)"
+        )
     k = max_objects
     valid = jnp.arange(k)[None, :] < num_objects[:, None]  # [B, K]
-    masks = object_masks(labels, k)  # [B, T, K, h, w]
+    masks = object_masks(labels, k)  # [B, T, K, h, w] or [B, T, K, S, S]: V's input
+    one_hot = jnp.concatenate([(labels == 0)[:, :, None].astype(jnp.float32), masks], axis=2)
+    if full_resolution:
+        one_hot = mask_model.resize_align_corners(one_hot, h, w)  # [B, T, K + 1, h, w]
 
-    # Values of the memory frames 0..Q-1 with their pseudo masks, in one call of V.
-    fold = lambda x: x[:, :num_queries].reshape(b * num_queries, *x.shape[2:])  # noqa: E731
-    values = head.encode(fold(frames), fold(masks), fold(features["res4"]), train=train)
-    values = values.reshape(b, num_queries, k, h * w, -1)
-
-    losses, correct = [], []
+    values, losses, correct, merged_all, coarse_all = [], [], [], [], []
     for q in range(1, num_queries + 1):
+        # Memory frame q - 1 with its pseudo masks (teacher forcing).
+        values.append(
+            head.encode(frames[:, q - 1], masks[:, q - 1], features["res4"][:, q - 1], train=train)
+        )
         affinity = memory_affinity(
             keys[:, :q].reshape(b, q * h * w, -1), keys[:, q].reshape(b, h * w, -1), temperature
         )
-        memory_values = values[:, :q].transpose(0, 2, 1, 3, 4).reshape(b, k, q * h * w, -1)
+        memory_values = jnp.stack(values, axis=2)  # [B, K, q, h, w, C]
+        memory_values = memory_values.reshape(b, k, q * h * w, -1)
         readout = jnp.einsum("bmn,bkmc->bknc", affinity, memory_values.astype(jnp.float32))
-        memory_masks = masks[:, :q].transpose(0, 2, 1, 3, 4).reshape(b, k, q * h * w)
-        coarse_masks = jnp.einsum("bmn,bkm->bkn", affinity, memory_masks)
+        memory_masks = one_hot[:, :q].transpose(0, 2, 1, 3, 4).reshape(b, k + 1, q * h * w)
+        propagated = jnp.einsum("bmn,bkm->bkn", affinity, memory_masks)  # [B, K + 1, hw]
+        winner = jnp.argmax(propagated, axis=1).reshape(b, h, w)
         if coarse == "argmax":
-            background = 1.0 - jnp.sum(coarse_masks, axis=1, keepdims=True)
-            winner = jnp.argmax(jnp.concatenate([background, coarse_masks], axis=1), axis=1)
-            coarse_masks = object_masks(winner.reshape(b, h, w), k).reshape(b, k, h * w)
-        coarse_masks = jax.lax.stop_gradient(coarse_masks).reshape(b, k, h, w)
+            coarse_masks = object_masks(winner, k)
+        else:
+            coarse_masks = propagated[:, 1:].reshape(b, k, h, w)
+        coarse_masks = jax.lax.stop_gradient(coarse_masks)
         logits = head.decode(
             frames[:, q],
             coarse_masks,
@@ -129,14 +157,22 @@ def segmentation_loss(
             train=train,
         )
         merged = mask_model.aggregate_objects(logits, valid)  # [B, K + 1, S, S]
-        target = upsample_labels(labels[:, q], factor).astype(jnp.int32)
+        target = labels[:, q] if full_resolution else upsample_labels(labels[:, q], size // h)
+        target = target.astype(jnp.int32)
         log_probs = jax.nn.log_softmax(merged.astype(jnp.float32), axis=1)
         picked = jnp.take_along_axis(log_probs, target[:, None], axis=1)[:, 0]
         losses.append(-jnp.mean(picked))
         correct.append(jnp.mean((jnp.argmax(merged, axis=1) == target).astype(jnp.float32)))
+        merged_all.append(merged)
+        coarse_all.append(winner)
     loss = jnp.mean(jnp.stack(losses))
-    return loss, {
+    aux = {
         "seg_loss": loss,
         "seg_acc": jnp.mean(jnp.stack(correct)),
         "seg_objects": jnp.mean(num_objects.astype(jnp.float32)),
     }
+    if with_outputs:
+        aux["seg_query_losses"] = jnp.stack(losses)
+        aux["seg_logits"] = jnp.stack(merged_all)
+        aux["seg_coarse"] = jnp.stack(coarse_all)
+    return loss, aux
