@@ -49,7 +49,7 @@ class _Recording:
     def __call__(self, frame: np.ndarray) -> jax.Array:
         tokens = self.features.tokens(frame)
         self.tokens.append(np.asarray(tokens))
-        return self.features._normalize(tokens)
+        return self.features.normalize(tokens)
 
 
 def _rows(case: cases.Case, key: str) -> slice:

@@ -11,6 +11,10 @@ case's grid. Each case is run twice: `first_mask` and `first_mask_2obj` (outputs
 
 Comparison (the cases' `tolerance_notes`): top-k near-ties make a few soft-label entries flip in
 float32, so soft labels and masks are compared statistically, everything else elementwise.
+DINO's `normed_up_rows` are checked on the reference's own soft labels (the writer stage alone):
+`norm_mask` rescales a whole channel by its extremes, so one near-tie flip upstream (the visible
+2-object run flips one at frame 3, where the 5th and 6th cosines differ by 2e-8 in float64)
+moves every entry of that channel at the next frame by up to 0.7 %.
 """
 
 from __future__ import annotations
@@ -45,11 +49,9 @@ class _GivenFeatures:
 
     def __init__(self, features: np.ndarray):
         self.features = np.transpose(features, (0, 2, 3, 1))  # [T, h, w, C]
-        self.frame_sizes = []
 
     def __call__(self, frame: np.ndarray) -> np.ndarray:
         h, w = self.features.shape[1:3]
-        self.frame_sizes.append(frame.shape[:2])
         if frame.shape[:2] != (STRIDE * h, STRIDE * w):
             raise AssertionError(
                 f"the reader gave a frame of {frame.shape[:2]}; the released reader's is "
@@ -61,7 +63,9 @@ class _GivenFeatures:
         return self.features[t]
 
 
-def _sequence(num_frames: int, mask: np.ndarray, folder: str) -> sequence_lib.VideoSequence:
+def _sequence(
+    num_frames: int, mask: np.ndarray, folder: pathlib.Path
+) -> sequence_lib.VideoSequence:
     """A sequence of constant frames (value = index) with `mask` given at frame 0."""
     mask_path = pathlib.Path(folder) / "00000.png"
     image_io.write_mask(mask_path, mask)
@@ -234,7 +238,11 @@ def _check(preset: str) -> Callable[[cases.Case, entry.Outputs], None]:
     return check
 
 
+# run() covers both runs of a case (two clips). CRW's case.json times one clip's test(), so the
+# ratio bench_reference.py reports for crw is conservative by about 2x; DINO's gives per-frame
+# times only (4.5 s with 5 context frames, 7.1 s with 8, plus 13.7 s per video for its
+# neighbourhood mask), so dino has no timing entry.
 CASES = {
     "dino": entry.CaseEntry(_prepare("dino"), _check("dino")),
-    "crw": entry.CaseEntry(_prepare("crw"), _check("crw")),
+    "crw": entry.CaseEntry(_prepare("crw"), _check("crw"), timing_key="test() total for the clip"),
 }

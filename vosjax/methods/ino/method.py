@@ -331,10 +331,10 @@ class INOFeatures:
             return tokens.reshape(h, w, -1)
 
         self._extract = jax.jit(extract)
-        self._normalize = jax.jit(affinity.l2_normalize)
+        self.normalize = jax.jit(affinity.l2_normalize)  # [..., D] -> unit vectors
 
     def __call__(self, frame: np.ndarray) -> jax.Array:
-        return self._normalize(self.tokens(frame))
+        return self.normalize(self.tokens(frame))
 
     def tokens(self, frame: np.ndarray) -> jax.Array:
         """uint8 [H, W, 3] -> block `block`'s patch tokens after the final LayerNorm, before the
