@@ -63,7 +63,7 @@ def released_seconds(meta: dict[str, Any], timing_key: str | None) -> tuple[floa
     if timing_key is not None:
         if timing_key in numbers:
             return float(numbers[timing_key]), f"timing_key: {timing_key}"
-        return None, f"timing_key {timing_key!r} not in case.json"
+        return None, f"none: timing_key {timing_key!r} is not in case.json"
     if not numbers:
         return None, "no number in reference_cpu_seconds"
     first = next(iter(numbers))
@@ -79,7 +79,7 @@ def case_tables() -> dict[str, tuple[dict[str, entry.CaseEntry], list[str]]]:
         for name in modules:
             try:
                 merged.update(importlib.import_module(name).CASES)
-            except ImportError as e:
+            except Exception as e:  # noqa: BLE001 - a table being written must not stop the rest
                 missing.append(f"{name} ({e.__class__.__name__}: {e})")
         tables[method] = (merged, missing)
     return tables
