@@ -11,8 +11,9 @@ with a DataParallel `module.` prefix that the caller strips. The released infere
 student and teacher (ViT and head) get the same weights, as DINO / INO initialise the teacher as a
 copy of the student. `--mode=eval` then evaluates the imported network whichever of
 `config.eval.features` ('student' / 'teacher') is set, and training continued from it starts, like
-the released training, from teacher == student. The centres (`dino_loss_*_list` in the released
-checkpoint, not in the network's state_dict) stay at zero.
+the released training, from teacher == student. The centres are not part of a network's
+state_dict (the released checkpoint keeps them in `dino_loss_cls_list` / `dino_loss_hw_list`):
+this function leaves them as they are; `vosjax.import_weights` sets them from those entries.
 
 Also accepted: DINO's released backbone files (`cls_token`, `pos_embed`, `blocks.0...`, no prefix
 and no mask token): the ViTs are filled, the heads and the mask token keep their initialisation.
