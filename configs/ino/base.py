@@ -3,7 +3,8 @@
 Arguments after ':' (comma-separated):
   smoke   a tiny ViT on the synthetic default data, a few steps (tests);
   code    the released code's choices where the paper says otherwise: global crops not
-          augmented, one MIM mask shared by the whole batch, clips at ~8 fps (frame gap 3);
+          augmented, one MIM mask shared by the whole batch, MIM masks of uniformly random
+          patches (the paper: blockwise), clips at ~8 fps (frame gap 3);
   vits16 / vitb8   ViT-S/16 or ViT-B/8 instead of ViT-S/8.
 
 Hyper-parameters (the paper and reference-methods.md section 2): clips of L=4 frames, 1 global
@@ -19,8 +20,8 @@ Released-code details the paper leaves open (defaults; see vosjax/methods/ino/lo
 --config.loss.center_update ('per_call': each DINOLoss call centres, then moves its centre, as
 main_VOS does; 'per_step': one update per step from all teacher outputs), --config.loss.mim_average
 ('frame': one MIM term per frame over the batch's masked tokens; 'image': per-image means),
---config.mim.style ('random': uniformly random patches as the released RandomMaskingGenerator;
-'block': BEiT / iBOT-style rectangles).
+--config.mim.style ('block': BEiT / iBOT-style rectangles, the paper's "blockwise masking";
+'random': uniformly random patches as the released RandomMaskingGenerator, set by ':code').
 
 Ablation switches (the paper's Table 4): --config.loss.global_to_global, local_to_global (bools),
 --config.loss.out_weight / mim_weight / affinity_weight (0 switches a term off),
@@ -103,9 +104,10 @@ def get_config(
         {
             "prob": 0.5,
             "ratio_range": (0.1, 0.5),
-            # 'random': uniformly random patches, as the released RandomMaskingGenerator;
-            # 'block': BEiT / iBOT-style rectangles of at least min_block patches.
-            "style": "random",
+            # 'block': BEiT / iBOT-style rectangles of at least min_block patches (the paper:
+            # "blockwise masking"); 'random': uniformly random patches, as the released
+            # RandomMaskingGenerator (':code').
+            "style": "random" if code else "block",
             "min_block": 4,
             "shared_mask": code,
         }

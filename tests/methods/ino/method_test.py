@@ -297,3 +297,13 @@ def test_segmenter_reads_as_infer_vos():
     plain = method.INOFeatures(model.student, block=2, short_side=None)
     imagenet = method.INOFeatures(model.student, block=2, short_side=None, std=color.IMAGENET_STD)
     assert np.abs(np.asarray(plain(frame)) - np.asarray(imagenet(frame))).max() > 1e-4
+
+
+def test_code_config_masks_uniform_random_patches_the_paper_blockwise():
+    # The paper: "blockwise masking"; the released RandomMaskingGenerator: uniform patches.
+    from configs.ino import base
+
+    assert base.get_config().mim.style == "block"
+    code = base.get_config("code")
+    assert code.mim.style == "random"
+    assert code.mim.shared_mask and not code.data.augment_global
