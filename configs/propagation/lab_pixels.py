@@ -7,6 +7,13 @@ Usage:
 
 The argument after ':' is a comma-separated list of: a propagation preset (dino, crw, ino;
 default dino) and 'smoke' (a tiny synthetic run for tests).
+
+A preset is the released evaluation code's whole protocol, reader and writer included
+(`vosjax.ops.propagation`): with `dino` the frames are read at short side 480 with the long side
+floored to a multiple of 64 (480 x 854 -> 480 x 832; smaller videos are upscaled), `crw` keeps
+the native size (edge-padded to whole patches), `ino` floors the long side to a multiple of 8.
+Override fields as usual, e.g. --config.propagation.size_multiple=8
+--config.propagation.upsample=frame (vosjax's reader and writer before they followed DINO's).
 """
 
 import ml_collections
