@@ -269,3 +269,21 @@ def test_stem_bias_adds_a_bias_to_conv1_only():
     pre = plain.conv1(x)
     expected = jax.nn.relu((pre + 0.5) / jnp.sqrt(1.0 + 1e-5))
     np.testing.assert_allclose(biased(x)["stem"], expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("fast_variance", [False, True])
+def test_train_mode_batch_variance_is_two_pass_like_torch(fast_variance):
+    """torch's train-mode BatchNorm variance is mean((x - mean)^2) (fast_variance=False); flax's
+    one-pass E[x^2] - E[x]^2 (the default) cancels when |mean| >> std."""
+    norm = resnet.make_norm("batch", 3, dtype=None, rngs=nnx.Rngs(0), fast_variance=fast_variance)
+    rng = np.random.default_rng(0)
+    x = (100.0 + 0.05 * rng.standard_normal((4, 8, 8, 3))).astype(np.float32)
+    out = np.asarray(norm(jnp.asarray(x), use_running_average=False), np.float64)
+    x64 = x.astype(np.float64)
+    mean = x64.mean(axis=(0, 1, 2))
+    expected = (x64 - mean) / np.sqrt(np.square(x64 - mean).mean(axis=(0, 1, 2)) + 1e-5)
+    error = np.abs(out - expected).max()
+    if fast_variance:
+        assert error > 1e-2  # the cancellation the default avoids
+    else:
+        assert error < 1e-3

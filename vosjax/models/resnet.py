@@ -76,15 +76,28 @@ class _GroupNorm(nnx.Module):
 
 
 def make_norm(
-    norm: str, num_features: int, *, dtype: Dtype, rngs: nnx.Rngs, zero_init: bool = False
+    norm: str,
+    num_features: int,
+    *,
+    dtype: Dtype,
+    rngs: nnx.Rngs,
+    zero_init: bool = False,
+    fast_variance: bool = True,
 ) -> nnx.Module:
-    """One normalisation layer of kind `norm`; `zero_init` starts its scale at 0 (residual ends)."""
+    """One normalisation layer of kind `norm`; `zero_init` starts its scale at 0 (residual ends).
+
+    `fast_variance` (BatchNorm in training only): flax's one-pass E[x^2] - E[x]^2 (the default,
+    kept: on the Mask-VOS reference cases both formulas agree with the release equally well),
+    which loses the variance to cancellation when |mean| >> std; False computes
+    mean((x - mean)^2) as torch does.
+    """
     scale_init = nnx.initializers.zeros if zero_init else nnx.initializers.ones
     if norm == "batch":
         return nnx.BatchNorm(
             num_features,
             momentum=BN_MOMENTUM,
             epsilon=BN_EPSILON,
+            use_fast_variance=fast_variance,
             dtype=dtype,
             scale_init=scale_init,
             rngs=rngs,

@@ -42,6 +42,8 @@ release fills it with 5 copies of frame 0, which duplicates frame 0's positions 
 `pad_recent_with_first=True` does that); masks go to stride 8 by 8 x 8 averaging (not bilinear
 sampling); the output resize is half-pixel bilinear (not align_corners=True); frames >= 960
 pixels wide are not halved and the two YouTube-VOS sequence-specific hacks are left out.
+`released_inference.ReleasedMaskDecoder` (`config.eval.segmenter='released'`, the `:code`
+configs' choice) computes the released protocol itself, step by step.
 """
 
 from __future__ import annotations
