@@ -36,11 +36,11 @@ import math
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
 from vosjax.methods.maskvos import encoder
 from vosjax.models import resnet
+from vosjax.ops import label_resize
 
 BACKBONES = encoder.BACKBONES
 # STCN / Mask-VOS clamp before taking log-odds, so that 0 and 1 stay finite.
@@ -100,23 +100,6 @@ def _resize(x: jax.Array, height: int, width: int) -> jax.Array:
     return jax.image.resize(x, (x.shape[0], height, width, x.shape[3]), "bilinear")
 
 
-def align_corners_weights(n_in: int, n_out: int) -> np.ndarray:
-    """Bilinear interpolation matrix [n_out, n_in] of torch's `align_corners=True`.
-
-    Output sample i reads input position i (n_in - 1) / (n_out - 1) (position 0 when n_out is
-    1): the corner samples of input and output coincide.
-    """
-    src = np.zeros(n_out) if n_out == 1 else np.arange(n_out) * ((n_in - 1) / (n_out - 1))
-    lo = np.clip(np.floor(src).astype(np.int64), 0, n_in - 1)
-    hi = np.minimum(lo + 1, n_in - 1)
-    frac = src - lo
-    weights = np.zeros((n_out, n_in), np.float64)
-    rows = np.arange(n_out)
-    np.add.at(weights, (rows, lo), 1.0 - frac)
-    np.add.at(weights, (rows, hi), frac)
-    return weights.astype(np.float32)
-
-
 def resize_align_corners(x: jax.Array, height: int, width: int) -> jax.Array:
     """Bilinear resize of x [..., h, w] to [..., height, width] with align_corners=True.
 
@@ -126,8 +109,8 @@ def resize_align_corners(x: jax.Array, height: int, width: int) -> jax.Array:
     h, w = x.shape[-2:]
     if (h, w) == (height, width):
         return x
-    wy = jnp.asarray(align_corners_weights(h, height))
-    wx = jnp.asarray(align_corners_weights(w, width))
+    wy = jnp.asarray(label_resize.align_corners_weights(h, height))
+    wx = jnp.asarray(label_resize.align_corners_weights(w, width))
     hp = jax.lax.Precision.HIGHEST
     y = jnp.einsum("Yh,...hw->...Yw", wy, x.astype(jnp.float32), precision=hp)
     return jnp.einsum("Xw,...Yw->...YX", wx, y, precision=hp)
