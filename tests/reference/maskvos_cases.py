@@ -17,7 +17,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import io
-import os
 
 import jax
 import jax.numpy as jnp
@@ -248,15 +247,45 @@ def prepare_train_loss(case: cases.Case):
 # ---------------------------------------------------------------------------------------------
 # inference
 
-# Frames of the inference case that the test runs. infer_mask.step_seg is causal, so the first
-# n frames' outputs are those of the whole run. 3 frames exercise everything the protocol does
-# (the long slot, the short FIFO, memory values encoded from the mixed output, coarse memory
-# masks). Frame 3 of the visible case holds a top-k near-tie that float32 cannot resolve: at
-# cell (35, 56) the 10th and 11th memory candidates differ by 1.6e-7 in cosine (3.2e-6 after
-# / 0.05), below the keys' float32 noise (E's keys differ from the release by up to 4e-7), and
-# the 11th carries the other label, so 2 of its 38,520 coarse values differ by 0.098 (its
-# masks differ in 1.5e-5 of the pixels). VOSJAX_MASKVOS_INFERENCE_FRAMES=n checks n frames.
-INFERENCE_FRAMES = int(os.environ.get("VOSJAX_MASKVOS_INFERENCE_FRAMES", "3"))
+# The coarse top-k propagation is checked elementwise at the case's atol on every cell except
+# those whose top-k selection float32 cannot pin down (`released_inference.ambiguous_selection`):
+# a kept and a dropped memory candidate with different memory masks whose scores lie closer than
+# TIE_MARGIN to the selection boundary. Frame 3 of the visible case holds one: at cell (35, 56)
+# the 10th and 11th candidates differ by 1.6e-7 in cosine and the 11th carries the other label,
+# so 2 of its coarse values differ by 0.098 from the release.
+# The margin: each memory score is a cosine of two L2-normalised 128-d keys computed in float32.
+# On encoder_r50 (same network, weights and float32 arithmetic), vosjax's keys differ from the
+# release's by up to 4.2e-7 per element (rms 7.5e-8); for each of its 2048 query positions and
+# every pair (a, b) of its 30 best candidates, the score difference s_a - s_b computed from
+# vosjax's keys and from the release's keys (float32 cosines) differs by up to 1.19e-6 (rms
+# 2.3e-7), which is SCORE_DIFFERENCE_NOISE. The selection compares scores after the division by
+# the temperature: the margin is SCORE_DIFFERENCE_NOISE / temperature plus the rounding of that
+# division, half a float32 spacing at 1 / temperature per score, 4 scores (2 per side).
+SCORE_DIFFERENCE_NOISE = 1.2e-6  # max |(s_a - s_b)(vosjax keys) - (s_a - s_b)(release keys)|
+# A near-tied trade matters when it can move a coarse value by more than half the case's atol
+# (1e-4 of its 2e-4; the rest of the float32 noise in coarse is 1.6e-5 at most, frames 1-3):
+# neighbouring memory positions carry slightly different soft masks, and trading them moves
+# coarse by ~1e-7, far below the tolerance. The trade that matters, at frame 3's (35, 56),
+# moves it by 0.098.
+TRADE_TOLERANCE = 1e-4
+# Ambiguous cells must stay rare: at most 0.5% of a frame's cells (32 of 6420 here). The visible
+# case has 0, 4 and 8 (0.06%, 0.12%) in frames 1-3: real near-ties at the boundary of the
+# object, where the near-tied memory positions carry different soft masks (and 0, 4 and 12
+# unresolved cells with the inherited ones). A broken criterion (a margin far above the noise,
+# content ignored) would flag thousands: 2434-4595 cells per frame have their 10th and 11th
+# scores within the margin, mostly exact ties between copies of frame 0 in several slots.
+MAX_AMBIGUOUS_FRACTION = 5e-3
+# Later frames read earlier coarse maps as memory masks, so an ambiguous cell's difference is
+# inherited by the cells that keep it as a top-k candidate (`FrameOutput.unresolved`); those are
+# excluded too, and all excluded cells together may be at most 1% of a frame's cells (the share
+# the case's statistical criteria leave to agg_logits_s4 / probs_s4).
+MAX_UNRESOLVED_FRACTION = 1e-2
+
+
+def tie_margin(temperature: float) -> float:
+    """Bound on the float32 error of a difference of two memory scores, after the temperature."""
+    spacing = float(np.spacing(np.float32(1 / temperature)))
+    return SCORE_DIFFERENCE_NOISE / temperature + 2 * spacing
 
 
 def load_frames(case: cases.Case) -> np.ndarray:
@@ -277,11 +306,6 @@ def load_frames(case: cases.Case) -> np.ndarray:
     return np.stack(frames)
 
 
-def inference_frames(case: cases.Case) -> int:
-    total = sum(1 for k in case.input_keys() if k.startswith("jpeg_"))
-    return min(total, INFERENCE_FRAMES)
-
-
 def prepare_inference(case: cases.Case):
     model = build_model(case)
     config = released_inference.ReleasedDecodingConfig(
@@ -297,12 +321,16 @@ def prepare_inference(case: cases.Case):
     if first_mask.shape[1] != x1 - x0:  # given uncropped: crop it as the frames
         first_mask = first_mask[:, x0:x1]
     num_objects = int(first_mask.max())
-    n = inference_frames(case)
+    margin = tie_margin(config.temperature)
 
     def run() -> entry.Outputs:
-        small, mask = released_inference.prepare(frames[:n], first_mask, config)
+        small, mask = released_inference.prepare(frames, first_mask, config)
         outputs = {"coarse": [], "agg_logits_s4": [], "probs_s4": []}
-        for result in decoder.run(small, mask, num_objects):
+        for name in ("top_k_gap", "ambiguous", "unresolved"):
+            outputs[f"coarse_{name}"] = []
+        for result in decoder.run(
+            small, mask, num_objects, tie_margin=margin, tie_tolerance=TRADE_TOLERANCE
+        ):
             full = released_inference.unpad_and_resize(
                 result.output, small.shape[1:3], frames.shape[1:3]
             )
@@ -310,21 +338,48 @@ def prepare_inference(case: cases.Case):
             if result.coarse is not None:
                 outputs["coarse"].append(result.coarse)
                 outputs["agg_logits_s4"].append(result.agg_logits[:, ::4, ::4])
+                for name in ("top_k_gap", "ambiguous", "unresolved"):
+                    outputs[f"coarse_{name}"].append(getattr(result, name))
             outputs.setdefault("masks", []).append(np.argmax(full, axis=0).astype(np.uint8))
         out = {k: np.stack(v) for k, v in outputs.items()}
-        out["frames_loaded"] = np.transpose(frames[:n], (0, 3, 1, 2))[:, :, ::16, ::16]
+        out["frames_loaded"] = np.transpose(frames, (0, 3, 1, 2))[:, :, ::16, ::16]
         return out
 
     return run
 
 
+def check_coarse(case: cases.Case, outputs: entry.Outputs) -> None:
+    """coarse at the case's atol on every cell but the unresolved ones, which must be rare."""
+    atol = case.meta["tolerances"]["coarse"]["atol"]
+    expected = case.output("coarse")
+    assert outputs["coarse"].shape == expected.shape, (
+        f"inference/coarse: shape {outputs['coarse'].shape}, reference {expected.shape}"
+    )
+    for t in range(expected.shape[0]):
+        ambiguous, unresolved = outputs["coarse_ambiguous"][t], outputs["coarse_unresolved"][t]
+        cells = unresolved.size
+        assert ambiguous.sum() <= MAX_AMBIGUOUS_FRACTION * cells, (
+            f"inference/coarse frame {t + 1}: {int(ambiguous.sum())} of {cells} cells have an "
+            f"ambiguous top-k selection (at most {MAX_AMBIGUOUS_FRACTION:.1%})"
+        )
+        assert unresolved.sum() <= MAX_UNRESOLVED_FRACTION * cells, (
+            f"inference/coarse frame {t + 1}: {int(unresolved.sum())} of {cells} cells "
+            f"unresolved (ambiguous or inherited; at most {MAX_UNRESOLVED_FRACTION:.0%})"
+        )
+        cases.assert_close(
+            f"inference/coarse frame {t + 1} ({int(unresolved.sum())} unresolved cells excluded)",
+            outputs["coarse"][t][:, ~unresolved],
+            expected[t][:, ~unresolved],
+            atol=atol,
+        )
+
+
 def check_inference(case: cases.Case, outputs: entry.Outputs) -> None:
-    """The case's tolerances on the frames computed (a prefix of the case's frames)."""
-    n = outputs["probs_s4"].shape[0]
+    """The case's tolerances on every frame; coarse outside float32-ambiguous top-k cells."""
     tolerances = case.meta["tolerances"]
-    for key in ("frames_loaded", "coarse", "agg_logits_s4", "probs_s4"):
+    check_coarse(case, outputs)
+    for key in ("frames_loaded", "agg_logits_s4", "probs_s4"):
         expected = case.output(key)
-        expected = expected[: n - 1] if key in ("coarse", "agg_logits_s4") else expected[:n]
         tol = tolerances[key]
         cases.assert_close(f"inference/{key}", outputs[key], expected, atol=tol["atol"])
         if "frac_within_1e-2" in tol:
@@ -334,9 +389,11 @@ def check_inference(case: cases.Case, outputs: entry.Outputs) -> None:
                 f"expected >= {tol['frac_within_1e-2']}"
             )
     limit = tolerances["masks"]["max_frac_pixels_differing_per_frame"]
-    for t, (mine, theirs) in enumerate(
-        zip(outputs["masks"], case.output("masks")[:n], strict=True)
-    ):
+    expected = case.output("masks")
+    assert outputs["masks"].shape == expected.shape, (
+        f"inference/masks: shape {outputs['masks'].shape}, reference {expected.shape}"
+    )
+    for t, (mine, theirs) in enumerate(zip(outputs["masks"], expected, strict=True)):
         differing = np.mean(mine != theirs)
         assert differing <= limit, f"inference/masks frame {t}: {differing:.5f} of pixels differ"
 

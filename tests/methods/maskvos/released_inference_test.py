@@ -47,6 +47,71 @@ def test_top_k_match_against_numpy_without_max_subtraction():
     assert np.any(np.asarray(indices) < n)
 
 
+def test_top_k_match_diagnostics_keep_the_same_selection():
+    rng = np.random.default_rng(1)
+    s, n, c, k = 3, 12, 4, 3
+    mem = jnp.asarray(rng.normal(size=(s, n, c)).astype(np.float32))
+    query = jnp.asarray(rng.normal(size=(n, c)).astype(np.float32))
+    bias = jnp.asarray(released_inference.radius_bias(3, 4, 1.5))
+    content = jnp.asarray(rng.uniform(size=(s * n, 2)).astype(np.float32))
+    kwargs = dict(top_k=k, temperature=0.5)
+    weights, indices = released_inference.top_k_match(mem, query, bias, **kwargs)
+    w2, i2, ambiguous, gap = released_inference.top_k_match(
+        mem, query, bias, content=content, margin=1e9, **kwargs
+    )
+    np.testing.assert_array_equal(w2, weights)
+    np.testing.assert_array_equal(i2, indices)
+    sim = np.einsum("nc,smc->nsm", np.asarray(query), np.asarray(mem))
+    sim[:, 1:] += np.asarray(bias)[:, None]
+    sim = -np.sort(-sim.reshape(n, s * n) / 0.5, axis=1)
+    np.testing.assert_allclose(gap, sim[:, k - 1] - sim[:, k], rtol=1e-5, atol=1e-5)
+    assert ambiguous.all()  # everything within the margin, random contents differ
+    _, _, none, _ = released_inference.top_k_match(
+        mem, query, bias, content=content, margin=0.0, **kwargs
+    )
+    assert not none.any()
+
+
+def test_ambiguous_selection_needs_a_near_tie_between_different_contents():
+    # top_k 2 over 6 memory positions; content: positions 0-3 carry 0, 4 carries 1, 5 carries
+    # 0.5e-4. Each row: its scores over the 6 positions.
+    content = jnp.array([[0.0], [0.0], [0.0], [0.0], [1.0], [0.5e-4]])
+    low = -50.0
+    scores = jnp.array(
+        [
+            [5.0, 3.0, 1.0, low, 2.0, low],  # clear gap: kept 3.0, dropped 2.0
+            [5.0, 3.0, 1.0, low, 3.0 - 1e-5, low],  # near-tie with other content: ambiguous
+            [5.0, 3.0, 3.0 - 1e-5, low, 1.0, low],  # near-tie with the same content: harmless
+            [5.0, 3.0, 1.0, low, low, 3.0 - 1e-5],  # content differs by 5e-5
+            [5.0, 3.0, 1.0, low, 2.5, low],  # kept and dropped exactly the margin apart
+        ]
+    )
+    kept_scores, indices = jax.lax.top_k(scores, 2)
+    np.testing.assert_array_equal(indices[:, 1], 1)
+    ambiguous = released_inference.ambiguous_selection
+    found, gap = ambiguous(scores, kept_scores, indices, content, margin=0.5)
+    np.testing.assert_array_equal(found, [0, 1, 0, 1, 0])
+    np.testing.assert_allclose(gap, [1.0, 1e-5, 1e-5, 1e-5, 0.5], rtol=2e-3)
+    found, _ = ambiguous(scores, kept_scores, indices, content, margin=0.5, tolerance=1e-4)
+    np.testing.assert_array_equal(found, [0, 1, 0, 0, 0])
+    # The bound weighs the trade: the 2nd candidate's weight is e^3 / (e^5 + e^3) = 0.119, so
+    # trading it for content 1 moves the result by 0.119; a tolerance above that passes it.
+    weight = float(np.exp(3.0) / (np.exp(5.0) + np.exp(3.0)))
+    row = (scores[1:2], kept_scores[1:2], indices[1:2], content)
+    assert not ambiguous(*row, margin=0.5, tolerance=weight + 1e-3)[0][0]
+    assert ambiguous(*row, margin=0.5, tolerance=weight - 1e-3)[0][0]
+
+
+def test_unresolved_cells_inherit_through_the_kept_memory_positions():
+    memory_unresolved = jnp.array([[False, False, False], [False, True, False]])  # [S 2, n 3]
+    ambiguous = jnp.array([True, False, False])
+    indices = jnp.array([[0, 1], [2, 4], [3, 5]])  # slot-major: 4 is slot 1, position 1
+    np.testing.assert_array_equal(
+        released_inference.unresolved_cells(ambiguous, indices, memory_unresolved),
+        [True, True, False],
+    )
+
+
 def test_gather_weighted():
     memory = jnp.arange(12.0).reshape(1, 6, 2)
     weights = jnp.array([[0.25, 0.75]])
@@ -85,6 +150,32 @@ def test_protocol_frame_zero_is_the_mask_and_coarse_maps_are_convex(tiny):
         assert r.coarse.min() >= 0 and r.coarse.sum(0).max() <= 1 + 1e-5
         coarse_up = mask_model.resize_align_corners(jnp.asarray(r.coarse), 32, 48)
         np.testing.assert_allclose(r.output, (r.agg_logits + coarse_up) / 2, rtol=1e-5, atol=1e-5)
+
+
+def test_protocol_diagnostics_leave_the_outputs_unchanged(tiny):
+    e, head = tiny
+    config = released_inference.ReleasedDecodingConfig(top_k=4, radius=3.0, num_recent=2)
+    decoder = released_inference.ReleasedMaskDecoder(e, head, config)
+    frames = np.asarray(jax.random.normal(jax.random.key(1), (4, 30, 46, 3)))
+    mask = np.zeros((30, 46), np.int64)
+    mask[5:20, 10:30] = 1
+    plain = list(decoder.run(frames, mask, 1))
+    none = list(decoder.run(frames, mask, 1, tie_margin=0.0))
+    every = list(decoder.run(frames, mask, 1, tie_margin=1e9))
+    assert plain[0].top_k_gap is None and none[0].top_k_gap is None
+    for p, a, b in zip(plain[1:], none[1:], every[1:], strict=True):
+        np.testing.assert_array_equal(a.output, p.output)
+        np.testing.assert_array_equal(a.coarse, p.coarse)
+        assert p.top_k_gap is None and a.top_k_gap.shape == (4, 6)
+        assert np.all(a.top_k_gap >= 0)
+        assert not a.ambiguous.any() and not a.unresolved.any()  # margin 0: no near-tie
+        assert b.ambiguous.all() and b.unresolved.all()  # everything within the margin
+    # Frame 1's memory holds frame 0 only: nothing to inherit.
+    middle = float(np.median(none[1].top_k_gap)) + 1e-6
+    some = list(decoder.run(frames, mask, 1, tie_margin=middle))
+    np.testing.assert_array_equal(some[1].unresolved, some[1].ambiguous)
+    for r in some[2:]:
+        assert np.all(r.unresolved >= r.ambiguous)
 
 
 def test_wide_frames_are_halved():

@@ -25,6 +25,11 @@ authors' code and for reproducing their numbers:
 6. The outputs are unpadded, resized to the original size (bilinear, align_corners=True) and
    argmaxed.
 
+Diagnostics: `run(..., tie_margin=...)` also reports, per query cell, the gap between the k-th
+and the (k+1)-th memory score and whether float32 can pin the top-k result down at all (near-
+ties between candidates with different memory masks, `ambiguous_selection`; inherited through
+the memory masks, `unresolved_cells`), for comparing with another implementation.
+
 Scope: every object is given in frame 0 (the DAVIS setting); the released script's handling of
 objects that start later (`tracks`) and its two YouTube-VOS sequence hacks are not reproduced.
 """
@@ -32,6 +37,7 @@ objects that start later (`tracks`) and its two YouTube-VOS sequence hacks are n
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Iterator
 
 import jax
@@ -104,7 +110,10 @@ def top_k_match(
     *,
     top_k: int,
     temperature: float,
-) -> tuple[jax.Array, jax.Array]:
+    content: jax.Array | None = None,
+    margin: float | jax.Array = 0.0,
+    tolerance: float | jax.Array = 0.0,
+) -> tuple[jax.Array, ...]:
     """The released top-k memory matching.
 
     Args:
@@ -113,10 +122,14 @@ def top_k_match(
       bias: [n, n] `radius_bias` (query x memory position), added to slots 1..S-1.
       top_k: positions kept over all S n memory positions.
       temperature: divides the biased dot products.
+      content: a diagnostic: when given ([S n, X], what each memory position carries), also
+        return `ambiguous_selection` for `margin` and `tolerance`. The kept positions are the
+        same.
 
     Returns:
       (weights float32 [n, k] (exp of the kept values, normalised), indices int32 [n, k] into
-      the S n memory positions, slot-major).
+      the S n memory positions, slot-major); with content also (ambiguous bool [n], gap
+      float32 [n]: the k-th minus the (k+1)-th largest score).
     """
     s, n, c = memory_keys.shape
     flat = memory_keys.reshape(s * n, c)
@@ -126,18 +139,93 @@ def top_k_match(
     queries = jnp.pad(query_keys, ((0, pad), (0, 0))).reshape(blocks, rows, c)
     biases = jnp.pad(bias, ((0, pad), (0, 0))).reshape(blocks, rows, n)
 
-    def one_block(args):
-        q, b = args
+    def scores(q, b):
         sim = jnp.einsum("rc,mc->rm", q, flat, precision=jax.lax.Precision.HIGHEST)
         sim = sim.reshape(rows, s, n)
         sim = jnp.concatenate([sim[:, :1], sim[:, 1:] + b[:, None]], axis=1)
-        sim = sim.reshape(rows, s * n) / temperature
-        values, indices = jax.lax.top_k(sim, top_k)
-        weights = jnp.exp(values)
-        return weights / jnp.sum(weights, axis=1, keepdims=True), indices
+        return sim.reshape(rows, s * n) / temperature
 
-    weights, indices = jax.lax.map(one_block, (queries, biases))
-    return weights.reshape(-1, top_k)[:n], indices.reshape(-1, top_k)[:n]
+    def one_block(args):
+        values, indices = jax.lax.top_k(scores(*args), top_k)
+        weights = jnp.exp(values)
+        return weights / jnp.sum(weights, axis=1, keepdims=True), values, indices
+
+    weights, values, indices = jax.lax.map(one_block, (queries, biases))
+    results = (weights, indices)
+    if content is not None:
+        # A separate pass (the scores recomputed): sharing them with the top-k makes XLA's CPU
+        # top-k some 20x slower.
+        def diagnose(args):
+            q, b, kept_scores, kept = args
+            return ambiguous_selection(
+                scores(q, b), kept_scores, kept, content, margin=margin, tolerance=tolerance
+            )
+
+        results += jax.lax.map(diagnose, (queries, biases, values, indices))
+    return tuple(r.reshape(blocks * rows, *r.shape[2:])[:n] for r in results)
+
+
+def ambiguous_selection(
+    scores: jax.Array,
+    kept_scores: jax.Array,
+    indices: jax.Array,
+    content: jax.Array,
+    *,
+    margin: float,
+    tolerance: float = 0.0,
+) -> tuple[jax.Array, jax.Array]:
+    """Query positions whose top-k result a score error below `margin` can change.
+
+    A kept candidate and a dropped one can trade places when their scores may be misordered:
+    the kept one within `margin` of the best dropped score (the (k+1)-th), the dropped one
+    within `margin` of the worst kept score (the k-th). A trade replaces the kept candidate's
+    content by the dropped one's at (nearly, the scores are within the margin) the same weight,
+    so the weighted content moves by at most
+        sum over kept band members i of  w_i max_{dropped band j} max |content_i - content_j|;
+    a position is ambiguous when that bound exceeds `tolerance`. Identical copies (frame 0
+    fills every memory slot at the start) trade harmlessly.
+
+    Args:
+      scores: float32 [n, M] every memory position's score (after the temperature).
+      kept_scores: float32 [n, k] the kept scores in decreasing order (`jax.lax.top_k`).
+      indices: int [n, k] the kept positions.
+      content: [M, X] what each memory position carries (e.g. its memory mask).
+      margin: bound on how far float32 noise can move the difference of two scores.
+      tolerance: the change of the weighted content that is not counted.
+
+    Returns:
+      (ambiguous bool [n], gap float32 [n]: the k-th minus the (k+1)-th largest score).
+    """
+    n, k = indices.shape
+    kept = jnp.zeros(scores.shape, bool).at[jnp.arange(n)[:, None], indices].set(True)
+    best_dropped = jnp.max(jnp.where(kept, -jnp.inf, scores), axis=1)
+    worst_kept = kept_scores[:, -1]
+    dropped_band = ~kept & (worst_kept[:, None] - scores < margin)  # [n, M]
+    band = dropped_band[..., None]
+    high = jnp.max(jnp.where(band, content[None], -jnp.inf), axis=1)  # [n, X]
+    low = jnp.min(jnp.where(band, content[None], jnp.inf), axis=1)
+    carried = jnp.take(content, indices, axis=0)  # [n, k, X]
+    worst = jnp.maximum(high[:, None] - carried, carried - low[:, None])
+    worst = jnp.max(jnp.where(jnp.any(band, axis=1)[:, None], worst, 0.0), axis=-1)  # [n, k]
+    weights = jnp.exp(kept_scores - kept_scores[:, :1])
+    weights = weights / jnp.sum(weights, axis=1, keepdims=True)
+    kept_band = kept_scores - best_dropped[:, None] < margin
+    bound = jnp.sum(jnp.where(kept_band, weights * worst, 0.0), axis=1)
+    return bound > tolerance, worst_kept - best_dropped
+
+
+def unresolved_cells(
+    ambiguous: jax.Array, indices: jax.Array, memory_unresolved: jax.Array
+) -> jax.Array:
+    """bool [n]: ambiguous positions and those that keep an unresolved memory position.
+
+    Args:
+      ambiguous: bool [n] (`ambiguous_selection`).
+      indices: int [n, k] the kept memory positions (`top_k_match`).
+      memory_unresolved: bool [S, n'] (or [M]) per memory position, slot-major: whether its
+        memory mask (an earlier coarse map) was itself unresolved.
+    """
+    return ambiguous | jnp.any(jnp.take(memory_unresolved.reshape(-1), indices), axis=1)
 
 
 def gather_weighted(weights: jax.Array, indices: jax.Array, memory: jax.Array) -> jax.Array:
@@ -155,11 +243,23 @@ class FrameOutput:
         later frames: (agg_logits + upsampled coarse) / 2).
       coarse: float32 [K + 1, Hp / 8, Wp / 8] the top-k propagated memory masks (None at t = 0).
       agg_logits: float32 [K + 1, Hp, Wp] the decoder's aggregated log-odds (None at t = 0).
+      top_k_gap: diagnostic (`run(..., tie_margin=...)`, else None; None at t = 0): float32
+        [Hp / 8, Wp / 8] the k-th minus the (k+1)-th largest memory score (after the
+        temperature) per query cell.
+      ambiguous: diagnostic, bool [Hp / 8, Wp / 8]: cells whose top-k selection a score error
+        below the tie margin can change for candidates with other memory masks
+        (`ambiguous_selection`), so float32 cannot pin down their coarse values.
+      unresolved: diagnostic, bool [Hp / 8, Wp / 8]: ambiguous cells and the cells that keep a
+        memory position whose mask (an earlier coarse map) was unresolved: the coarse values
+        float32 cannot pin down, directly or inherited through the memory.
     """
 
     output: np.ndarray
     coarse: np.ndarray | None = None
     agg_logits: np.ndarray | None = None
+    top_k_gap: np.ndarray | None = None
+    ambiguous: np.ndarray | None = None
+    unresolved: np.ndarray | None = None
 
 
 class ReleasedMaskDecoder:
@@ -184,28 +284,49 @@ class ReleasedMaskDecoder:
             model = nnx.merge(graphdef_h, state)
             return model.encode(frame[None], maps[None], res4)[0]  # [K, h, w, C]
 
-        @jax.jit
-        def segment(state, frame, features, keys, values, masks, bias):
-            return self._segment(
-                nnx.merge(graphdef_h, state), frame, features, keys, values, masks, bias
-            )
+        @functools.partial(jax.jit, static_argnames="diagnose")
+        def segment(state, *args, diagnose):
+            return self._segment(nnx.merge(graphdef_h, state), *args, diagnose=diagnose)
 
         self._encode = lambda frame: encode(state_e, frame)
         self._value = lambda frame, maps, res4: value(state_h, frame, maps, res4)
-        self._segment_jit = lambda *args: segment(state_h, *args)
+        self._segment_jit = lambda *args, diagnose: segment(state_h, *args, diagnose=diagnose)
 
-    def _segment(self, head, frame, features, keys, values, masks, bias):
-        """One query frame: top-k match, readout, coarse, V, D, aggregation, mixing."""
+    def _segment(
+        self,
+        head,
+        frame,
+        features,
+        keys,
+        values,
+        masks,
+        bias,
+        unresolved,
+        margin,
+        tolerance,
+        *,
+        diagnose,
+    ):
+        """One query frame: top-k match, readout, coarse, V, D, aggregation, mixing.
+
+        With `diagnose`, also the top-k diagnostics (see FrameOutput) for the memory's
+        `unresolved` flags [S, h w], the tie `margin` and the coarse `tolerance`; else the
+        fourth result is None.
+        """
         cfg = self.config
         _, h, w, c = features["key"].shape
         hp, wp = frame.shape[:2]
-        weights, indices = top_k_match(
+        match = top_k_match(
             keys,
             features["key"][0].reshape(h * w, c),
             bias,
             top_k=cfg.top_k,
             temperature=cfg.temperature,
+            content=masks.transpose(0, 2, 1).reshape(-1, masks.shape[1]) if diagnose else None,
+            margin=margin,
+            tolerance=tolerance,
         )
+        weights, indices = match[:2]
         k = values.shape[1]
         # values [S, K, h w, C] -> [K, S h w, C]; masks [S, K + 1, h w] -> [K + 1, S h w, 1].
         memory_values = values.transpose(1, 0, 2, 3).reshape(k, -1, values.shape[-1])
@@ -222,7 +343,15 @@ class ReleasedMaskDecoder:
         )
         agg = mask_model.soft_aggregate(jax.nn.sigmoid(logits)[None])[0]
         output = (agg + mask_model.resize_align_corners(coarse, hp, wp)) / 2
-        return output, coarse, agg
+        if not diagnose:
+            return output, coarse, agg, None
+        ambiguous, gap = match[2:]
+        diagnostics = {
+            "top_k_gap": gap.reshape(h, w),
+            "ambiguous": ambiguous.reshape(h, w),
+            "unresolved": unresolved_cells(ambiguous, indices, unresolved).reshape(h, w),
+        }
+        return output, coarse, agg, diagnostics
 
     def segment(self, sequence: sequence_lib.VideoSequence) -> Iterator[np.ndarray]:
         """`evaluate.Segmenter`: one uint8 [H, W] mask of object ids per frame.
@@ -266,7 +395,14 @@ class ReleasedMaskDecoder:
             probs = unpad_and_resize(result.output, small, size)
             yield id_of[np.argmax(probs, axis=0)]
 
-    def run(self, frames, first_mask: np.ndarray, num_objects: int) -> Iterator[FrameOutput]:
+    def run(
+        self,
+        frames,
+        first_mask: np.ndarray,
+        num_objects: int,
+        tie_margin: float | None = None,
+        tie_tolerance: float = 0.0,
+    ) -> Iterator[FrameOutput]:
         """Runs the protocol frame by frame on the padded frames.
 
         Args:
@@ -275,6 +411,12 @@ class ReleasedMaskDecoder:
             `prepare`).
           first_mask: int [H, W] object channels of frame 0 (0 background, 1..K).
           num_objects: K.
+          tie_margin: when given, the FrameOutputs carry the top-k diagnostics (`top_k_gap`,
+            `ambiguous`, `unresolved`) for this bound (in score units, after the temperature)
+            on how far float32 noise can move the difference of two memory scores. The
+            outputs are the same either way.
+          tie_tolerance: a trade of near-tied candidates that moves the coarse map by at most
+            this much does not make a cell ambiguous (`ambiguous_selection`).
 
         Yields:
           one FrameOutput per frame, for the frame padded to multiples of 8.
@@ -290,7 +432,8 @@ class ReleasedMaskDecoder:
         bias = jnp.asarray(radius_bias(h, w, cfg.radius))
         output = jnp.asarray(one_hot)
         first_small = mask_model.resize_align_corners(output, h, w).reshape(num_objects + 1, -1)
-        keys = values = masks = None
+        keys = values = masks = unresolved = None
+        diagnose = tie_margin is not None
         for t in range(t_len):
             frame = jnp.asarray(np.pad(frames[t], ((top, bottom), (left, right), (0, 0))))
             features = self._encode(frame)
@@ -298,8 +441,22 @@ class ReleasedMaskDecoder:
             if t == 0:
                 result = FrameOutput(np.asarray(output))
             else:
-                output, coarse, agg = self._segment_jit(frame, features, keys, values, masks, bias)
+                output, coarse, agg, diagnostics = self._segment_jit(
+                    frame,
+                    features,
+                    keys,
+                    values,
+                    masks,
+                    bias,
+                    unresolved,
+                    None if tie_margin is None else jnp.float32(tie_margin),
+                    None if tie_margin is None else jnp.float32(tie_tolerance),
+                    diagnose=diagnose,
+                )
                 result = FrameOutput(np.asarray(output), np.asarray(coarse), np.asarray(agg))
+                if diagnose:
+                    for name, x in diagnostics.items():
+                        setattr(result, name, np.asarray(x))
             yield result
             if t == t_len - 1:
                 break  # the last frame's memory entry is never read
@@ -310,11 +467,14 @@ class ReleasedMaskDecoder:
                 keys = jnp.stack([key] * copies)
                 values = jnp.stack([value] * copies)
                 masks = jnp.stack([first_small] * copies)
+                unresolved = jnp.zeros((copies, h * w), bool)
             else:  # FIFO: drop the oldest short slot, the COARSE map is the memory mask
                 keep = lambda x, new: jnp.concatenate([x[:1], x[2:], new[None]])  # noqa: E731
                 keys = keep(keys, key)
                 values = keep(values, value)
                 masks = keep(masks, coarse.reshape(num_objects + 1, -1))
+                if diagnose:
+                    unresolved = keep(unresolved, diagnostics["unresolved"].reshape(-1))
 
 
 def normalize(frame: np.ndarray) -> np.ndarray:
