@@ -123,28 +123,28 @@ def weight_norm(g: np.ndarray, v: np.ndarray) -> np.ndarray:
     return (g.astype(np.float64).reshape(norm.shape) * v / norm).astype(np.float32)
 
 
-def load_conv(reader: StateDictReader, prefix: str, conv: nnx.Conv) -> None:
-    """`prefix`.weight (and `prefix`.bias where the nnx.Conv has one) -> `conv`."""
+def _load_kernel_and_bias(
+    reader: StateDictReader, prefix: str, module: nnx.Module, kernel_fn, kind: str
+) -> None:
+    """`prefix`.weight through `kernel_fn`, and `prefix`.bias where `module` has a bias."""
     name = f"{prefix}.weight"
-    assign(conv.kernel, conv_kernel(reader.take(name)), name)
-    if conv.bias is not None:
-        assign(conv.bias, reader.take(f"{prefix}.bias"), f"{prefix}.bias")
+    assign(module.kernel, kernel_fn(reader.take(name)), name)
+    if module.bias is not None:
+        assign(module.bias, reader.take(f"{prefix}.bias"), f"{prefix}.bias")
     elif f"{prefix}.bias" in reader:
         raise WeightImportError(
-            f"{reader.source}: tensor {prefix + '.bias'!r} exists but the vosjax conv has no bias"
+            f"{reader.source}: tensor {prefix + '.bias'!r} exists but the vosjax {kind} has no bias"
         )
+
+
+def load_conv(reader: StateDictReader, prefix: str, conv: nnx.Conv) -> None:
+    """`prefix`.weight (and `prefix`.bias where the nnx.Conv has one) -> `conv`."""
+    _load_kernel_and_bias(reader, prefix, conv, conv_kernel, "conv")
 
 
 def load_linear(reader: StateDictReader, prefix: str, linear: nnx.Linear) -> None:
     """`prefix`.weight (and `prefix`.bias where the nnx.Linear has one) -> `linear`."""
-    name = f"{prefix}.weight"
-    assign(linear.kernel, linear_kernel(reader.take(name)), name)
-    if linear.bias is not None:
-        assign(linear.bias, reader.take(f"{prefix}.bias"), f"{prefix}.bias")
-    elif f"{prefix}.bias" in reader:
-        raise WeightImportError(
-            f"{reader.source}: tensor {prefix + '.bias'!r} exists but the vosjax linear has no bias"
-        )
+    _load_kernel_and_bias(reader, prefix, linear, linear_kernel, "linear")
 
 
 def load_batch_norm(reader: StateDictReader, prefix: str, norm: nnx.Module) -> None:
