@@ -27,7 +27,7 @@ from vosjax.weights import vit as vit_weights
 BACKBONE_TIMING = "vit_s8 get_intermediate_layers(n=6), eval, 2x3x72x128"
 # The released timings of these case.json files are of other computations (an inference frame,
 # a whole training step): no ratio is computed for the masked forward, the head or the losses
-# (experiments/ino_train_step_bench.py times a whole training step against the released one).
+# (experiments/bench_ino.py times vosjax's whole training step on its own).
 NO_MATCHING_TIMING = "(no released timing of this computation)"
 
 
