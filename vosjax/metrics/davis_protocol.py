@@ -1,7 +1,10 @@
 """The official DAVIS-2017 semi-supervised evaluation protocol (`davis2017-evaluation`).
 
 Per sequence:
-- the ground truth of every frame is read as object ids; void (255) counts as background;
+- the frames are those of the sequence's `JPEGImages` folder (or, in a root without one, the
+  annotations numbered without a gap); a frame without ground truth is an error, never skipped;
+- the ground truth of every frame is read as object ids; void (255) counts as background; the
+  ground truth of a 2016 imageset must be binary {0, 255} (`davis.read_ground_truth`);
 - the number of objects K is the largest id of the first frame's ground truth;
 - the first and the last frame are not scored (the toolkit's `[:, 1:-1]`); only those
   predictions are read;
@@ -159,13 +162,14 @@ def _score_files(
     num_objects: int,
     first_gt: pathlib.Path,
     image_size: tuple[int, int],
+    binary: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """J and F [K, len(gt_files)] of the predictions for some ground-truth frames."""
     radius = boundary.boundary_radius(*image_size)
     j = np.zeros((num_objects, len(gt_files)))
     f = np.zeros((num_objects, len(gt_files)))
     for column, gt_file in enumerate(gt_files):
-        gt = image_io.read_mask(gt_file)
+        gt = davis.read_ground_truth(gt_file, binary)
         if gt.shape != image_size:
             raise image_io.DataError(
                 f"{gt_file}: ground-truth size {gt.shape} differs from {image_size} of {first_gt}"
@@ -197,17 +201,17 @@ def _score_task(args: tuple) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _plan_sequence(
-    davis_root: pathlib.Path, results_dir: pathlib.Path, name: str, resolution: str
+    davis_root: pathlib.Path, results_dir: pathlib.Path, name: str, resolution: str, binary: bool
 ) -> tuple[list[pathlib.Path], pathlib.Path, int, tuple[int, int]]:
-    """(scored GT files, prediction folder, K, (H, W)) of one sequence; checks the folder."""
-    gt_files = davis.annotation_files(davis_root, name, resolution)
+    """(GT files of every frame, prediction folder, K, (H, W)) of one sequence; checks both."""
+    gt_files = davis.ground_truth_files(davis_root, name, resolution)
     pred_dir = results_dir / name
     if not pred_dir.is_dir():
         raise image_io.DataError(
             f"{pred_dir}: prediction folder of sequence {name!r} not found; expected "
             f"{pred_dir}/<frame>.png with the ground-truth file names ({gt_files[0].name}, ...)"
         )
-    first = image_io.read_mask(gt_files[0])
+    first = davis.read_ground_truth(gt_files[0], binary)
     return gt_files, pred_dir, count_objects(first), first.shape
 
 
@@ -248,13 +252,16 @@ def score_folder(
     if not results_dir.is_dir():
         raise image_io.DataError(f"{results_dir}: results folder not found")
     names = davis.split_sequences(davis_root, imageset, sequences)
-    plans = {name: _plan_sequence(davis_root, results_dir, name, resolution) for name in names}
+    binary = davis.is_binary_imageset(imageset)
+    plans = {
+        name: _plan_sequence(davis_root, results_dir, name, resolution, binary) for name in names
+    }
     tasks = []  # (sequence, first column, args of _score_files)
     for name, (gt_files, pred_dir, num_objects, size) in plans.items():
         scored = gt_files[1:-1]
         for start in range(0, len(scored), _FRAMES_PER_TASK):
             chunk = scored[start : start + _FRAMES_PER_TASK]
-            tasks.append((name, start, (chunk, pred_dir, num_objects, gt_files[0], size)))
+            tasks.append((name, start, (chunk, pred_dir, num_objects, gt_files[0], size, binary)))
     num_workers = _default_workers() if num_workers is None else num_workers
     num_frames = sum(len(args[0]) for _, _, args in tasks)
     if num_workers <= 1 or num_frames < _MIN_FRAMES_FOR_POOL:
