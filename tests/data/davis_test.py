@@ -180,7 +180,12 @@ def test_frame_and_mask_sizes_differ(tmp_path):
     root = _fake_davis(tmp_path)
     bad = root / "Annotations" / "480p" / "seq" / "00001.png"
     image_io.write_mask(bad, np.zeros((5, 6), np.uint8))
-    (seq,) = davis.load_davis(root)
+    # A split to evaluate is checked when loaded (file headers), before any frame is segmented.
+    with pytest.raises(image_io.DataError) as info:
+        davis.load_davis(root)
+    assert _message(info).startswith(f"{bad}: annotation size (5, 6) (H, W) differs from")
+    assert "(4, 6) of the frames" in _message(info) and "(frame 00001)" in _message(info)
+    seq = davis.load_sequence(root, "seq")
     with pytest.raises(image_io.DataError) as info:
         seq.read_mask(1)
     assert str(bad) in _message(info) and "(5, 6)" in _message(info) and "(4, 6)" in _message(info)
@@ -201,7 +206,9 @@ def test_unreadable_frame_and_mask_in_a_sequence(tmp_path):
     noise = np.random.default_rng(1).bytes(500)
     (root / "JPEGImages/480p/seq/00001.jpg").write_bytes(noise)
     (root / "Annotations/480p/seq/00001.png").write_bytes(noise)
-    (seq,) = davis.load_davis(root)
+    with pytest.raises(image_io.DataError, match=r"seq/00001\.png: unreadable image"):
+        davis.load_davis(root)  # annotations are checked at load, frames when read
+    seq = davis.load_sequence(root, "seq")
     for read, suffix in ((seq.read_frame, "jpg"), (seq.read_mask, "png")):
         with pytest.raises(image_io.DataError, match="unreadable") as info:
             read(1)

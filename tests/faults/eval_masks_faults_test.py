@@ -188,3 +188,31 @@ def test_failed_write_after_scoring_keeps_the_table(tmp_path):
     (line,) = process.stderr.splitlines()
     assert line.startswith(f"eval_masks: could not write {output_dir / 'results.json'} (")
     assert "--output_dir" in line and "Traceback" not in process.stderr
+
+
+def test_sequence_listed_without_ground_truth_folder(tmp_path):
+    root, results = _layout(tmp_path)
+    (root / "ImageSets" / "2017" / "val.txt").write_text("toy\nghost\n")
+    with pytest.raises(image_io.DataError) as info:
+        eval_masks.run(root, results, num_workers=1)
+    folder = root / "Annotations" / "480p" / "ghost"
+    assert str(info.value) == f"{folder}: annotation folder not found"
+
+
+def test_empty_frame_folder(tmp_path):
+    root, results = _layout(tmp_path)
+    for frame in (root / "JPEGImages" / "480p" / "toy").iterdir():
+        frame.unlink()
+    with pytest.raises(image_io.DataError) as info:
+        eval_masks.run(root, results, num_workers=1)
+    folder = root / "JPEGImages" / "480p" / "toy"
+    assert str(info.value).startswith(f"{folder}: empty sequence, expected frame files")
+
+
+def test_annotation_matching_no_frame(tmp_path):
+    root, results = _layout(tmp_path)
+    stray = root / "Annotations" / "480p" / "toy" / "00009.png"
+    image_io.write_mask(stray, _object(0))
+    with pytest.raises(image_io.DataError) as info:
+        eval_masks.run(root, results, num_workers=1)
+    assert str(info.value).startswith(f"{stray}: annotation matches no frame of sequence 'toy'")

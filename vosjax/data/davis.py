@@ -224,6 +224,21 @@ def _check_complete(seq: sequence.VideoSequence, folder: pathlib.Path) -> None:
     )
 
 
+def _check_annotations(seq: sequence.VideoSequence, binary: bool) -> None:
+    """Every annotation has its frame's size (a header read) and, if `binary`, values {0, 255}."""
+    for t, path in sorted(seq.mask_paths.items()):
+        if binary:
+            size = read_ground_truth(path, binary=True).shape
+        else:
+            size = image_io.frame_size(path)
+        if tuple(size) != tuple(seq.image_size):
+            raise image_io.DataError(
+                f"{path}: annotation size {tuple(size)} (H, W) differs from the size "
+                f"{tuple(seq.image_size)} of the frames in {seq.source} (frame "
+                f"{seq.frame_names[t]}); expected one annotation per frame at the frame's size"
+            )
+
+
 def load_sequence(
     root: image_io.PathLike, name: str, resolution: str = "480p"
 ) -> sequence.VideoSequence:
@@ -264,13 +279,15 @@ def load_davis(
     """The sequences of a DAVIS split (or the named subset of it), to evaluate on.
 
     Every sequence has ground truth on all its frames (train, val) or on the first only (test
-    splits). For a 2016 imageset every annotation is read once here and must be binary
-    {0, 255} (`read_ground_truth`), so that a bad file stops the run before any work.
+    splits), each at its frame's size (read from the file's header). For a 2016 imageset every
+    annotation is read once here and must be binary {0, 255} (`read_ground_truth`). So a bad
+    file stops the run before any work rather than after a sequence has been segmented.
 
     Raises:
       DataError: root or split missing, a requested sequence not in the split, any sequence
-        error of `load_sequence`, a sequence with annotations on some but not all frames, a
-        2016 annotation with other values than 0 and 255.
+        error of `load_sequence`, a sequence with annotations on some but not all frames, an
+        annotation unreadable or of another size than the frames, a 2016 annotation with other
+        values than 0 and 255.
     """
     root = pathlib.Path(os.fspath(root))
     if not root.is_dir():
@@ -281,8 +298,6 @@ def load_davis(
     for name in names:
         seq = load_sequence(root, name, resolution)
         _check_complete(seq, root / "Annotations" / resolution / name)
-        if binary:
-            for path in seq.mask_paths.values():
-                read_ground_truth(path, binary=True)
+        _check_annotations(seq, binary)
         loaded.append(seq)
     return loaded
