@@ -12,12 +12,43 @@ checkpoints) as a new checkpoint that `--mode=eval` restores like any other.
 The data iterator is any object with `get_state()` / `set_state()`: grain iterators go through
 grain's own orbax handler (one JSON file per process); other objects must return JSON-compatible
 values from `get_state()`.
+
+Damaged steps. A step folder that orbax lists (a finalised write) can still be unreadable: a
+truncated or missing array file, a missing `state/_METADATA`, a missing or unreadable
+data-iterator file (`data/process_<i>-of-<n>.json`). `Checkpointer.restore` of the latest step
+then logs one line per damaged step (the step and the underlying error's message), moves its
+folder aside to `<checkpoints>_damaged/<step>` (never deleted; `<step>.2`, `<step>.3`, ... when
+that name is taken; the reason is written beside it in `<name>.txt`) and restores the newest
+step that restores; the step numbers after it are trained and saved again. With no intact step it
+raises `DamagedCheckpointError` listing every step and why. An explicit `step=` that is damaged
+raises `DamagedCheckpointError` naming the step and the damage (no fallback), as does
+`restore_raw` (another run's checkpoint for `init_from`, or `average_checkpoints`: its folders
+are not moved, and an older step would silently change what the user asked for).
+
+Multi-process runs: every process checks its own files of a step (the state's metadata and
+manifest, its data-iterator file) and the processes all-gather the verdict, so that all agree on
+the step; only process 0 moves folders, between two barriers, and every process then re-reads
+the list of steps. A step that passes these checks but fails inside orbax's restore (e.g. a
+truncated array file) is a fallback in a single-process run; in a multi-process run it stops the
+run with `DamagedCheckpointError` naming the step (orbax's restore ends in a barrier that the
+failing process cannot join, so the processes could not agree safely): move that folder aside by
+hand and start again.
+
+What orbax 0.12.8 guarantees (checked for this module): a step is written to
+`<step>.orbax-checkpoint-tmp` and renamed to `<step>` once every file is on disk, so a killed
+write leaves only the temporary folder, which orbax ignores when listing steps and removes when
+that step is saved again; `max_to_keep` pruning is decided at `save` but runs after the new
+step's write has finished (and not at all if it failed), so the newest complete step is never
+deleted before a newer one is complete. Orbax caches the list of steps: after moving a folder
+aside the manager re-reads it, otherwise the step would count as saved and its number would never
+be written again.
 """
 
 from __future__ import annotations
 
 import json
 import pathlib
+import re
 import signal
 import threading
 from collections.abc import Sequence
@@ -28,8 +59,96 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
+import tensorstore as ts
 from absl import logging
 from jax.experimental import multihost_utils
+
+# The longest underlying error message kept in a damage report (orbax's can run to kilobytes).
+_MAX_REASON_CHARS = 800
+# tensorstore ends its messages with its whole spec (a kilobyte of JSON) after the cause.
+_TENSORSTORE_TRAILER = re.compile(
+    r"\s*\[(tensorstore_spec|source locations)(\[\d+\])?=.*$", re.DOTALL
+)
+
+
+class DamagedCheckpointError(ValueError):
+    """A checkpoint step (or every step) cannot be restored; the message names each and why."""
+
+
+def _one_line(error: BaseException) -> str:
+    """`Type: message` on one line, cut to `_MAX_REASON_CHARS`."""
+    message = " ".join(_TENSORSTORE_TRAILER.sub("", str(error)).split()) or repr(error)
+    text = f"{type(error).__name__}: {message}"
+    if len(text) <= _MAX_REASON_CHARS:
+        return text
+    half = (_MAX_REASON_CHARS - 5) // 2
+    return f"{text[:half]} ... {text[-half:]}"
+
+
+# A location in an OCDBT dump: 'btreenode:<base>:<file>:<offset>:<length>' or 'value:...'.
+_OCDBT_LOCATION = re.compile(r"^(btreenode|value):([^:]*):(.+):(\d+):(\d+)$")
+
+
+def _array_files_problem(state: pathlib.Path) -> str | None:
+    """Why the array data of an OCDBT state folder cannot be read (None: every file is there).
+
+    Walks the b-tree (reading its nodes only, not the array values) and checks that every data
+    file it points into exists and is long enough: a missing or truncated file is found before
+    orbax's restore, which would fail on it with kilobytes of tensorstore and asyncio errors.
+    """
+    sizes: dict[pathlib.Path, int] = {}  # data file -> bytes the b-tree needs in it
+
+    def note(location: str) -> pathlib.Path:
+        match = _OCDBT_LOCATION.match(location)
+        if match is None:
+            raise ValueError(f"unexpected OCDBT location {location!r}")
+        _, base, name, offset, length = match.groups()
+        path = state / base / name
+        sizes[path] = max(sizes.get(path, 0), int(offset) + int(length))
+        return path
+
+    def file_problem(path: pathlib.Path) -> str | None:
+        if not path.is_file():
+            return f"the array data file {path} is missing"
+        if path.stat().st_size < sizes[path]:
+            return (
+                f"the array data file {path} is truncated ({path.stat().st_size} bytes, "
+                f"{sizes[path]} expected)"
+            )
+        return None
+
+    try:
+        store = ts.KvStore.open({"driver": "file", "path": f"{state}/"}).result()
+        versions = ts.ocdbt.dump(store).result()["versions"]
+        pending = [versions[-1]["root"]["location"]] if versions else []
+        while pending:
+            problem = file_problem(note(node := pending.pop()))
+            if problem is not None:
+                return problem
+            for entry in ts.ocdbt.dump(store, node).result()["entries"]:
+                for value in entry.values():
+                    if isinstance(value, str) and value.startswith("btreenode:"):
+                        pending.append(value)
+                    elif isinstance(value, str) and value.startswith("value:"):
+                        note(value)
+    except Exception as error:  # an unreadable b-tree is damage
+        return f"the state's array index in {state} is unreadable ({_one_line(error)})"
+    for path in sorted(sizes):
+        problem = file_problem(path)
+        if problem is not None:
+            return problem
+    return None
+
+
+def _json_file_problem(path: pathlib.Path, what: str) -> str | None:
+    """Why `path` is not a readable JSON file (None: it is)."""
+    if not path.is_file():
+        return f"{what} {path} is missing"
+    try:
+        json.loads(path.read_bytes())
+    except (OSError, ValueError) as error:
+        return f"{what} {path} is unreadable ({_one_line(error)})"
+    return None
 
 
 class StatefulIterator(Protocol):
@@ -78,6 +197,13 @@ class Checkpointer:
       handle_sigterm: install a SIGTERM handler that requests a save at the next step boundary
         (single-process runs from the main thread; in a multi-process run jax.distributed's
         preemption service catches SIGTERM and `preempted` asks its sync point instead).
+      move_damaged: `restore` of the latest step moves damaged steps to `damaged_directory`
+        (the run that owns the folder); False: it only skips them (a reader beside a training
+        run, e.g. an evaluation, must not move folders that the training run prunes).
+
+    Attributes:
+      directory: the step folders' parent.
+      damaged_directory: `<directory>_damaged`, where damaged steps are moved.
     """
 
     def __init__(
@@ -88,8 +214,11 @@ class Checkpointer:
         save_interval_steps: int = 1000,
         async_writes: bool = True,
         handle_sigterm: bool = True,
+        move_damaged: bool = True,
     ):
         self.directory = pathlib.Path(directory).absolute()
+        self.damaged_directory = self.directory.with_name(self.directory.name + "_damaged")
+        self.move_damaged = move_damaged
         self.save_interval_steps = int(save_interval_steps)
         if self.save_interval_steps <= 0:
             raise ValueError(
@@ -164,12 +293,16 @@ class Checkpointer:
         step: int | None = None,
         data_iterator: StatefulIterator | None = None,
     ) -> tuple[Any, int]:
-        """Restores a step (default: the latest) into `abstract_state`'s shapes and shardings.
+        """Restores a step (default: the newest intact one) into `abstract_state`'s shapes and
+        shardings.
+
+        With `step=None`, damaged steps (see the module docstring) are logged, moved aside
+        (`move_damaged`) and skipped, newest first.
 
         Args:
           abstract_state: pytree of `jax.ShapeDtypeStruct` with `sharding` set (see
             `with_shardings`).
-          step: the step to restore; None for the latest.
+          step: the step to restore; None for the newest intact one.
           data_iterator: when given, its state is set to the saved position.
 
         Returns:
@@ -177,19 +310,18 @@ class Checkpointer:
 
         Raises:
           FileNotFoundError: naming the directory when there is no such checkpoint.
+          DamagedCheckpointError: `step` is damaged (naming the damage), or `step` is None and
+            no step is intact (naming each step and its damage).
         """
-        steps = self.all_steps()
-        if step is None:
-            step = self.latest_step()
-        if step is None or step not in steps:
-            raise FileNotFoundError(
-                f"{self.directory}: no checkpoint of step {step}; saved steps are {steps}"
-            )
         items = {"state": ocp.args.StandardRestore(abstract_state)}
         if data_iterator is not None:
             items["data"] = grain.checkpoint.CheckpointRestore(_for_grain_handler(data_iterator))
-        restored = self._manager.restore(step, args=ocp.args.Composite(**items))
-        logging.info("Restored step %d from %s", step, self.directory)
+        args = ocp.args.Composite(**items)
+        data = "required" if data_iterator is not None else "if_saved"
+        if step is not None:
+            self._require(step)
+            return self._restore_or_raise(step, args, data)["state"], step
+        restored, step = self._restore_newest_intact(args, data)
         return restored["state"], step
 
     def restore_data(self, step: int, data_iterator: StatefulIterator) -> None:
@@ -197,38 +329,164 @@ class Checkpointer:
 
         Raises:
           FileNotFoundError: naming the directory when there is no such checkpoint.
+          DamagedCheckpointError: the step's data-iterator file is missing or unreadable.
         """
-        if step not in self.all_steps():
-            raise FileNotFoundError(
-                f"{self.directory}: no checkpoint of step {step}; saved steps are "
-                f"{self.all_steps()}"
-            )
-        self._manager.restore(
-            step,
-            args=ocp.args.Composite(
-                data=grain.checkpoint.CheckpointRestore(_for_grain_handler(data_iterator))
-            ),
+        self._require(step)
+        args = ocp.args.Composite(
+            data=grain.checkpoint.CheckpointRestore(_for_grain_handler(data_iterator))
         )
+        self._restore_or_raise(step, args, "required")
 
     def restore_raw(self, step: int | None = None) -> tuple[Any, int]:
         """The saved state of a step (default: the latest) as nested dicts of host arrays.
 
         For initialising another model from this run (`vosjax.train.init_from_checkpoint`):
-        no target structure is needed.
+        no target structure is needed. A damaged step is an error, also when it is the latest
+        (no fallback: the caller reads another run's folder, which is not moved, and an older
+        step would silently be another model than the one asked for).
 
         Raises:
           FileNotFoundError: naming the directory when there is no such checkpoint.
+          DamagedCheckpointError: the step is damaged (naming the damage).
         """
-        steps = self.all_steps()
         step = self.latest_step() if step is None else step
+        self._require(step)
+        args = ocp.args.Composite(state=ocp.args.StandardRestore())
+        return self._restore_or_raise(step, args, "no")["state"], step
+
+    def _require(self, step: int | None) -> None:
+        steps = self.all_steps()
         if step is None or step not in steps:
             raise FileNotFoundError(
                 f"{self.directory}: no checkpoint of step {step}; saved steps are {steps}"
             )
-        restored = self._manager.restore(
-            step, args=ocp.args.Composite(state=ocp.args.StandardRestore())
+
+    def _restore_or_raise(self, step: int, args: Any, data: str) -> Any:
+        """orbax's restore of `step`, with damage reported as `DamagedCheckpointError`."""
+        problem = self._agreed_problem(step, data)
+        if problem is None:
+            try:
+                restored = self._manager.restore(step, args=args)
+            except Exception as error:  # any failure to read is damage
+                problem = _one_line(error)
+        if problem is not None:
+            raise DamagedCheckpointError(
+                f"{self.directory / str(step)}: checkpoint step {step} is damaged: {problem} "
+                f"(saved steps: {self.all_steps()}; restore another step, or resume without "
+                "one to fall back to the newest intact step)"
+            )
+        logging.info("Restored step %d from %s", step, self.directory)
+        return restored
+
+    def _restore_newest_intact(self, args: Any, data: str) -> tuple[Any, int]:
+        steps = self.all_steps()
+        if not steps:
+            raise FileNotFoundError(f"{self.directory}: no checkpoint to restore")
+        damaged = []
+        for step in reversed(steps):
+            problem = self._agreed_problem(step, data)
+            if problem is None:
+                try:
+                    restored = self._manager.restore(step, args=args)
+                except Exception as error:  # any failure to read is damage
+                    if jax.process_count() > 1:
+                        raise DamagedCheckpointError(
+                            f"{self.directory / str(step)}: checkpoint step {step} could not be "
+                            f"restored on process {jax.process_index()}: {_one_line(error)}. "
+                            f"Move {self.directory / str(step)} out of {self.directory} and "
+                            "start the run again to resume from the step before it"
+                        ) from error
+                    problem = _one_line(error)
+                else:
+                    if damaged:
+                        logging.warning(
+                            "Restored step %d, the newest intact checkpoint in %s (damaged: %s)",
+                            step,
+                            self.directory,
+                            [s for s, _ in damaged],
+                        )
+                    else:
+                        logging.info("Restored step %d from %s", step, self.directory)
+                    return restored, step
+            damaged.append((step, problem))
+            self._set_aside(step, problem)
+        raise DamagedCheckpointError(
+            f"{self.directory}: no intact checkpoint; "
+            + "; ".join(f"step {s}: {p}" for s, p in damaged)
+            + (f" (moved to {self.damaged_directory})" if self.move_damaged else "")
         )
-        return restored["state"], step
+
+    def _local_problem(self, step: int, data: str) -> str | None:
+        """What this process finds missing or unreadable among the step's small files.
+
+        `data`: whether its data-iterator file is checked: 'required', 'if_saved' (a resume
+        restores the iterator later, `restore_data`) or 'no' (the weights only).
+        """
+        folder = self.directory / str(step)
+        state = folder / "state"
+        if not state.is_dir():
+            return f"the state folder {state} is missing"
+        metadata = state / "_METADATA"
+        problem = _json_file_problem(metadata, "the state's metadata")
+        if problem is not None:
+            return problem
+        if json.loads(metadata.read_bytes()).get("use_ocdbt"):
+            if not (state / "manifest.ocdbt").is_file():
+                return f"the state's array manifest {state / 'manifest.ocdbt'} is missing"
+            problem = _array_files_problem(state)
+            if problem is not None:
+                return problem
+        data_folder = folder / "data"
+        if data == "required" or (data == "if_saved" and data_folder.is_dir()):
+            name = f"process_{jax.process_index()}-of-{jax.process_count()}.json"
+            return _json_file_problem(data_folder / name, "the data-iterator file")
+        return None
+
+    def _agreed_problem(self, step: int, data: str) -> str | None:
+        """`_local_problem` as every process agrees on it (damaged if damaged on any)."""
+        problem = self._local_problem(step, data)
+        if jax.process_count() == 1:
+            return problem
+        flags = multihost_utils.process_allgather(np.array(problem is not None, np.int32))
+        failing = [i for i, flag in enumerate(np.asarray(flags).reshape(-1)) if flag]
+        if not failing:
+            return None
+        if problem is not None:
+            logging.warning(
+                "Checkpoint step %d on process %d: %s", step, jax.process_index(), problem
+            )
+        return problem or f"damaged on process(es) {failing} (see their logs)"
+
+    def _set_aside(self, step: int, problem: str) -> None:
+        """Logs the damage; moves the step's folder to `damaged_directory` (`move_damaged`)."""
+        source = self.directory / str(step)
+        if not self.move_damaged:
+            logging.warning(
+                "Checkpoint step %d in %s is damaged, skipped: %s", step, self.directory, problem
+            )
+            return
+        target = self.damaged_directory / str(step)
+        copy = 2
+        while target.exists() or target.with_name(target.name + ".txt").exists():
+            target = self.damaged_directory / f"{step}.{copy}"
+            copy += 1
+        logging.warning(
+            "Checkpoint step %d in %s is damaged: %s; moving it to %s",
+            step,
+            self.directory,
+            problem,
+            target,
+        )
+        # Every process has checked this step (`_agreed_problem` all-gathers): process 0 moves.
+        if jax.process_index() == 0:
+            self.damaged_directory.mkdir(parents=True, exist_ok=True)
+            source.rename(target)  # same file system: atomic, nothing is copied or deleted
+            target.with_name(target.name + ".txt").write_text(f"Moved from {source}: {problem}\n")
+        if jax.process_count() > 1:
+            multihost_utils.sync_global_devices(f"vosjax_checkpoint_damaged_{step}_after")
+        # orbax caches the steps: without a re-read it would still list this step, and `save`
+        # would skip its number when the run reaches it again.
+        self._manager.reload()
 
     def wait_until_finished(self) -> None:
         """Blocks until asynchronous writes are on disk."""
