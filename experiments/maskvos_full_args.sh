@@ -1,4 +1,4 @@
-# Sourced by maskvos_full_davis2016.sh and maskvos_gt_control.sh: the environment defaults and
+# Sourced by maskvos_full_davis2016.sh and maskvos_frozen_e.sh: the environment defaults and
 # `full`, the flags of (b)'s joint run (configs/maskvos/davis2016.py from (a)'s checkpoint of
 # step CORR_STEPS in $W/corr/trained). Needs W set.
 STEPS=${STEPS:-1000}

@@ -13,7 +13,7 @@
 #   bash experiments/maskvos_full_davis2016.sh [WORKDIR]
 #   (env: STEPS CORR_STEPS UPDATE CROP MIN_SHORT MAX_SHORT BATCH MIX WORKERS LR SHORT ROUNDS
 #   DAVIS STAGE; (a) reuses $WORKDIR/corr if it is there. STAGE=train trains (a) and (b) and
-#   evaluates nothing (a machine without the val frames: experiments/maskvos_davis2016_gpu.sh),
+#   evaluates nothing (for a machine without the val frames),
 #   STAGE=eval evaluates their checkpoints of step STEPS and STEPS - CORR_STEPS; default all)
 #
 # Numbers, budget and machine go into experiments/README.md.
