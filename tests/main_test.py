@@ -3,10 +3,12 @@
 import json
 import os
 import pathlib
+import socket
 import subprocess
 import sys
 
 import numpy as np
+import psutil
 import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -167,3 +169,48 @@ def test_maskvos_configs_hold_the_paper_and_code_settings():
     assert davis.steps_per_epoch == 2_079 // 12
     assert davis.schedule.update_every == 10 * davis.steps_per_epoch
     assert davis.eval.imageset == "2016/val"
+
+
+def test_evaluation_checks_its_folders_and_the_lock_before_any_work(monkeypatch, tmp_path):
+    from vosjax import main, train, workdir_lock
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("the evaluation started")
+
+    monkeypatch.setattr(train, "Trainer", no_work)
+    # A folder that even root cannot write (the tests may run as root).
+    with pytest.raises(main.UnwritableError, match=r"/sys/kernel: .*pass --eval_dir=E"):
+        main.evaluate_workdir(None, "/sys/kernel", None, None, None)
+    with pytest.raises(main.UnwritableError, match=r"choose another --eval_dir"):
+        main.evaluate_workdir(None, str(tmp_path), None, None, "/sys/kernel/results")
+    # A read-only mount: creating the probe file fails with EROFS.
+    (tmp_path / "eval_results").mkdir()
+
+    def read_only(*args, **kwargs):
+        raise OSError(30, "Read-only file system")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(main.tempfile, "NamedTemporaryFile", read_only)
+        with pytest.raises(main.UnwritableError, match="Read-only file system.*--eval_dir=E"):
+            main.evaluate_workdir(None, str(tmp_path), None, None, None)
+    # Beside a training run (this process holds the lock as another would): refused without
+    # --eval_dir, allowed with it (no lock taken).
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        workdir_lock.lock_path(tmp_path).write_text(
+            json.dumps(
+                {
+                    "host": socket.gethostname(),
+                    "pid": sleeper.pid,
+                    "process_start_time": psutil.Process(sleeper.pid).create_time(),
+                }
+            )
+        )
+        with pytest.raises(workdir_lock.WorkdirLockedError, match="pass --eval_dir=E"):
+            main.evaluate_workdir(None, str(tmp_path), None, None, None)
+        with pytest.raises(AssertionError, match="the evaluation started"):
+            main.evaluate_workdir(None, str(tmp_path), None, None, str(tmp_path / "elsewhere"))
+        assert (tmp_path / "elsewhere").is_dir()
+    finally:
+        sleeper.kill()
+        sleeper.wait()

@@ -20,9 +20,11 @@ model's state_dict is taken from it as `vosjax.weights.checkpoint_files` describ
 backbone files as they are), converted by the method's converter (`vosjax.weights.<method>
 .import_released`: ino, maskvos, shls) into the model that the config builds, and saved as step 0
 of W/checkpoints with a fresh optimiser state, beside W/imported_from.json (file, key, tensor
-count). INO's teacher centres come from the released losses' state when the file has it. The
-config decides the model, so it must describe the checkpoint's network (INO:
-config.model.pos_embed_size=64 as released); a mismatch is an error naming the tensor.
+count) and the config record that `--mode=eval` checks (W/config.json, W/run_info.json). W is
+locked while the import writes it (`vosjax.workdir_lock`). INO's teacher centres come from the
+released losses' state when the file has it. The config decides the model, so it must describe
+the checkpoint's network (INO: config.model.pos_embed_size=64 as released); a mismatch is an
+error naming the tensor.
 
 Training from the imported weights: a new run with `--config.init_from.workdir=W` (its own
 workdir, step 0, a fresh optimiser and data iterator). Training in W itself is not supported: a
@@ -46,7 +48,7 @@ from absl import app, flags
 from flax import nnx
 from ml_collections import config_flags
 
-from vosjax import checkpointing, train
+from vosjax import checkpointing, run_record, train, workdir_lock
 from vosjax import main as main_lib
 from vosjax.weights import checkpoint_files, layout
 
@@ -185,7 +187,17 @@ def import_checkpoint(
         converter.
     """
     train.validate_config(config)
-    workdir = pathlib.Path(workdir)
+    # The lock first: nothing touches the workdir while another run owns it.
+    with workdir_lock.hold(workdir):
+        return _import_locked(config, pytorch, pathlib.Path(workdir), checkpoint_key)
+
+
+def _import_locked(
+    config: ml_collections.ConfigDict,
+    pytorch: str | pathlib.Path,
+    workdir: pathlib.Path,
+    checkpoint_key: str | None,
+) -> Imported:
     directory = workdir / "checkpoints"
     steps = _existing_steps(directory)
     if steps:
@@ -206,6 +218,8 @@ def import_checkpoint(
     # Checked against the trainer's state (names, shapes, dtypes) with a fresh optimiser state:
     # exactly what `--mode=eval` restores and `config.init_from` reads.
     state = train.state_with_weights(trainer, state, raw, "", released.source)
+    # Recorded like a training run's workdir: `--mode=eval` checks its config against it.
+    run_record.check(workdir, config, trainer.abstract_state, write=True)
     with checkpointing.Checkpointer(
         directory, async_writes=False, handle_sigterm=False
     ) as checkpointer:

@@ -6,19 +6,34 @@ python -m vosjax.main --config=configs/maskvos/corr_r18.py --workdir=W --mode=ev
 python -m vosjax.main --config=configs/maskvos/r18.py --workdir=W   (clustering rounds inside)
 python -m vosjax.main --config=configs/ino/vits8_davis2016.py --workdir=W
 python -m vosjax.main --config=configs/shls/davis2016_frames.py --workdir=W   (still images)
+
+Exit status: 0 when training (or the evaluation) finished; 75 (`PREEMPTED_EXIT_CODE`,
+EX_TEMPFAIL) when SIGTERM stopped training after its checkpoint was saved completely (start the
+same command again to resume); 1 on a failure.
+
+One run at a time owns a workdir: training (and `--mode=eval` without `--eval_dir`, which
+writes its results there) holds `W/.vosjax.lock` and refuses to start beside another run
+(`vosjax.workdir_lock`). `--mode=eval --eval_dir=E` only reads W and may run beside training.
+W records the config it was made with (`W/config.json`, `W/run_info.json`); a resume or an
+evaluation with a config that does not fit it stops at start (`vosjax.run_record`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import pathlib
+import sys
+import tempfile
 from collections.abc import Sequence
 
 import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from vosjax import train
+from vosjax import run_record, sharding, train, workdir_lock
 
+# EX_TEMPFAIL (sysexits.h): stopped by SIGTERM with its checkpoint saved, to be resumed.
+PREEMPTED_EXIT_CODE = 75
 _CONFIG = config_flags.DEFINE_config_file("config", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, summaries and results go here.")
 _MODE = flags.DEFINE_enum("mode", "train", ["train", "eval"], "Train (and evaluate), or evaluate.")
@@ -171,33 +186,115 @@ def eval_fn(
     )
 
 
-def main(argv: Sequence[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    config, workdir = _CONFIG.value, _WORKDIR.value
-    method = build_method(config)
-    run_results = pathlib.Path(workdir) / "eval_results"
-    if _MODE.value == "train":
+class UnwritableError(PermissionError):
+    """A folder this run must write cannot be written (the flag to change is named)."""
+
+
+def check_writable(folder: str | pathlib.Path, advice: str) -> None:
+    """Fails unless a file can be created in `folder` (made if missing), naming `advice`.
+
+    Creates and removes a file: permission bits do not stop root, and a read-only mount shows
+    only when writing.
+
+    Raises:
+      UnwritableError: `folder` cannot be written.
+    """
+    folder = pathlib.Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".vosjax_write_test_"):
+            pass
+    except OSError as e:
+        raise UnwritableError(f"{folder}: cannot write there ({e.strerror or e}); {advice}") from e
+
+
+def evaluation_lock(workdir: str, eval_dir: str | None) -> contextlib.AbstractContextManager:
+    """`--mode=eval`: checks the folders it will write before any work; holds the workdir's lock
+    when the results go there (no lock with `--eval_dir`: the workdir is only read)."""
+    if eval_dir:
+        check_writable(eval_dir, "choose another --eval_dir")
+        return contextlib.nullcontext()
+    if not pathlib.Path(workdir).is_dir():
+        raise FileNotFoundError(f"--workdir={workdir}: no such folder, nothing to evaluate")
+    advice = (
+        "without --eval_dir the evaluation writes its results (eval_results/) and summaries into "
+        "the workdir: pass --eval_dir=E to write them to E and only read the workdir"
+    )
+    for folder in (pathlib.Path(workdir), pathlib.Path(workdir) / "eval_results"):
+        check_writable(folder, advice)
+    return workdir_lock.hold(
+        workdir,
+        advice="An evaluation beside a training run: pass --eval_dir=E (results and summaries "
+        "go to E; the workdir is only read).",
+    )
+
+
+def train_workdir(config: ml_collections.ConfigDict, workdir: str, method: train.Method) -> bool:
+    """Trains in `workdir` (resuming it); True when SIGTERM stopped the run (checkpoint saved)."""
+    # Lock, then check the record: before data pipelines are built or anything restored.
+    with workdir_lock.hold(workdir):
+        trainer = train.Trainer(config, method)
+        run_record.check(workdir, config, trainer.abstract_state, write=True)
         rounds = data_rounds(config, workdir)
-        train.train_and_evaluate(
+        state = train.train_and_evaluate(
             config,
             workdir,
             method,
             None if rounds else data_iterator_factory(config, method),
             # -1: train only (no evaluation data needed; evaluate later with --mode=eval).
-            eval_fn(config, method, run_results) if config.eval_every_steps >= 0 else None,
+            eval_fn(config, method, pathlib.Path(workdir) / "eval_results")
+            if config.eval_every_steps >= 0
+            else None,
             rounds=rounds,
+            trainer=trainer,
         )
-    else:
-        eval_dir = _EVAL_DIR.value
+    if not train.preempted(config, state):
+        return False
+    logging.warning(
+        "Stopped by SIGTERM at step %d (checkpoint saved); exit status %d: run the same command "
+        "to resume",
+        int(state.step.addressable_data(0)),
+        PREEMPTED_EXIT_CODE,
+    )
+    return True
+
+
+def evaluate_workdir(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    method: train.Method,
+    step: int | None,
+    eval_dir: str | None,
+) -> None:
+    """Evaluates a checkpoint of `workdir` (results to `eval_dir`, default: the workdir)."""
+    with evaluation_lock(workdir, eval_dir):
+        trainer = train.Trainer(config, method)
+        run_record.check(workdir, config, trainer.abstract_state, write=False)
         train.evaluate_checkpoint(
             config,
             workdir,
             method,
-            eval_fn(config, method, eval_dir or run_results),
-            _STEP.value,
+            eval_fn(config, method, eval_dir or pathlib.Path(workdir) / "eval_results"),
+            step,
             summary_dir=eval_dir,
+            trainer=trainer,
         )
+
+
+def main(argv: Sequence[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    config, workdir = _CONFIG.value, _WORKDIR.value
+    sharding.initialize_distributed(config)  # before the lock: process 0 decides for all
+    method = build_method(config)
+    try:
+        if _MODE.value == "eval":
+            evaluate_workdir(config, workdir, method, _STEP.value, _EVAL_DIR.value)
+        elif train_workdir(config, workdir, method):
+            sys.exit(PREEMPTED_EXIT_CODE)
+    except (workdir_lock.WorkdirLockedError, run_record.RunMismatchError, UnwritableError) as e:
+        # The user's to resolve, at start: the message, not a traceback.
+        sys.exit(f"vosjax.main: {e}")
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ from absl import logging
 from clu import metrics, parameter_overview
 from flax import nnx
 
-from vosjax import checkpointing, optimizers, sharding, summaries
+from vosjax import checkpointing, optimizers, run_record, sharding, summaries, workdir_lock
 from vosjax.data import sequence as sequence_lib
 
 if TYPE_CHECKING:
@@ -485,8 +485,13 @@ def train_and_evaluate(
     eval_fn: EvalFn | None = None,
     *,
     rounds: DataRounds | None = None,
+    trainer: Trainer | None = None,
 ) -> TrainState:
     """Trains `method` to `config.num_train_steps`, resuming from `workdir` if it holds a run.
+
+    The run holds the workdir's lock (`vosjax.workdir_lock`) from start to end, and records its
+    config in the workdir or checks it against the recorded one (`vosjax.run_record`) before
+    restoring anything.
 
     Args:
       config: fields of `default_config()` plus the method's.
@@ -502,13 +507,17 @@ def train_and_evaluate(
         the data `rounds.prepare` makes with the model at the round's first step. A resumed
         run prepares the round it is in (reusing what was cached) and restores the iterator's
         position; a run resumed exactly at a round's first step starts that round.
+      trainer: the `Trainer(config, method)` when the caller has built it already.
 
     Returns:
-      The final train state (at `num_train_steps`, or where SIGTERM stopped the run).
+      The final train state: at `num_train_steps`, or, when SIGTERM stopped the run after
+      saving its checkpoint, at an earlier step (`preempted` tells).
 
     Raises:
       FloatingPointError: after `config.max_consecutive_nonfinite` skipped updates in a row;
         the checkpoints on disk are those of the last finite steps.
+      workdir_lock.WorkdirLockedError: another run holds the workdir.
+      run_record.RunMismatchError: the workdir holds a run of another method or state shapes.
     """
     validate_config(config)
     sharding.initialize_distributed(config)
@@ -517,22 +526,38 @@ def train_and_evaluate(
         raise ValueError("train_and_evaluate: give data_iterator_factory or rounds, not both")
     if rounds is not None and (not rounds.starts or rounds.starts[0] != 0):
         raise ValueError(f"rounds.starts={list(rounds.starts)}: expected 0 first")
-    trainer = Trainer(config, method)
-    checkpointer = checkpointing.Checkpointer(
-        workdir / "checkpoints",
-        max_to_keep=config.keep_checkpoints,
-        save_interval_steps=config.checkpoint_every_steps,
-        async_writes=config.async_checkpoints,
-    )
-    writer = summaries.create_writer(workdir, just_logging=jax.process_index() > 0)
-    try:
-        return _loop(
-            config, workdir, trainer, data_iterator_factory, rounds, checkpointer, writer, eval_fn
+    # The lock comes before anything touches the workdir (the checkpoint manager included).
+    with workdir_lock.hold(workdir):
+        trainer = trainer or Trainer(config, method)
+        run_record.check(workdir, config, trainer.abstract_state, write=True)
+        checkpointer = checkpointing.Checkpointer(
+            workdir / "checkpoints",
+            max_to_keep=config.keep_checkpoints,
+            save_interval_steps=config.checkpoint_every_steps,
+            async_writes=config.async_checkpoints,
         )
-    finally:
-        checkpointer.close()
-        writer.flush()
-        writer.close()
+        writer = summaries.create_writer(workdir, just_logging=jax.process_index() > 0)
+        try:
+            return _loop(
+                config,
+                workdir,
+                trainer,
+                data_iterator_factory,
+                rounds,
+                checkpointer,
+                writer,
+                eval_fn,
+            )
+        finally:
+            checkpointer.close()
+            writer.flush()
+            writer.close()
+
+
+def preempted(config: ml_collections.ConfigDict, state: TrainState) -> bool:
+    """Whether `train_and_evaluate` returned `state` because SIGTERM stopped the run (its
+    checkpoint saved) before `config.num_train_steps`."""
+    return int(np.asarray(state.step.addressable_data(0))) < int(config.num_train_steps)
 
 
 def evaluate_checkpoint(
@@ -543,21 +568,29 @@ def evaluate_checkpoint(
     step: int | None = None,
     *,
     summary_dir: str | pathlib.Path | None = None,
+    trainer: Trainer | None = None,
 ) -> dict[str, float]:
     """Restores a checkpoint of `workdir` (the latest, or `step`) and evaluates it.
 
     The evaluation's summaries go to `summary_dir` (default: `workdir`, beside training's).
+    The config is checked against the one recorded in `workdir` first (`vosjax.run_record`);
+    the workdir's lock is the caller's choice (`vosjax.main` takes it when results go there).
+
+    Args:
+      trainer: the `Trainer(config, method)` when the caller has built it already.
 
     Returns:
       The evaluation scalars (J&F, ...), also written as summaries at that step.
 
     Raises:
       FileNotFoundError: `workdir` holds no checkpoint, or not the requested step.
+      run_record.RunMismatchError: the workdir holds a run of another method or state shapes.
     """
     validate_config(config)
     sharding.initialize_distributed(config)
     workdir = pathlib.Path(workdir)
-    trainer = Trainer(config, method)
+    trainer = trainer or Trainer(config, method)
+    run_record.check(workdir, config, trainer.abstract_state, write=False)
     with checkpointing.Checkpointer(workdir / "checkpoints", handle_sigterm=False) as checkpointer:
         steps = checkpointer.all_steps()
         if not steps or (step is not None and step not in steps):
