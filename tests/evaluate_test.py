@@ -14,6 +14,7 @@ from configs.propagation import lab_pixels
 from vosjax import evaluate
 from vosjax.data import image_io, user_video
 from vosjax.metrics import davis_protocol
+from vosjax.models import pixel_features
 from vosjax.ops import propagation
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -178,3 +179,32 @@ def test_youtube_vos_layout_object_starting_later(tmp_path):
     # soft labels a little; only a pixel or so on an object's border may flip.
     assert (written[names[4]] != written[names[5]]).mean() < 1e-4
     assert (out / "submission.zip").is_file()
+
+
+def test_user_video_outputs_its_given_masks_exactly(tmp_path):
+    """CRW's protocol rebuilds frame 0 from the stride-8 grid; a user's video gets its masks."""
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for t in range(4):
+        Image.fromarray(rng.integers(0, 256, (42, 61, 3), dtype=np.uint8)).save(folder / f"{t}.png")
+    first = np.zeros((42, 61), np.uint8)
+    first[5:22, 7:30] = 1  # off the 8-pixel grid
+    later = np.zeros((42, 61), np.uint8)
+    later[13:35, 20:50] = 2  # on top of object 1's mask
+    image_io.write_mask(tmp_path / "first.png", first)
+    image_io.write_mask(tmp_path / "later.png", later)
+    masks = {0: tmp_path / "first.png", 2: tmp_path / "later.png"}
+    video = user_video.load_user_video(folder, masks)
+    segmenter = evaluate.PropagationSegmenter(
+        pixel_features.LabPixelFeatures(), propagation.PRESETS["crw"]
+    )
+    raw = list(segmenter.segment(video))
+    assert (raw[0] != first).sum() > 20 and (raw[2] == 2).sum() != (later == 2).sum()
+    evaluate.evaluate_sequences(segmenter, [video], tmp_path / "out")
+    written = [image_io.read_mask(tmp_path / "out" / "frames" / f"{t}.png") for t in range(4)]
+    np.testing.assert_array_equal(written[0], first)
+    np.testing.assert_array_equal(written[2] == 2, later == 2)
+    kept = (raw[2] == 1) & (later == 0)
+    np.testing.assert_array_equal(written[2][kept], 1)  # object 1 outside the new mask
+    np.testing.assert_array_equal(written[1], raw[1])

@@ -14,7 +14,7 @@ from __future__ import annotations
 import pathlib
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Protocol
 
 import jax
@@ -25,7 +25,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from vosjax import summaries
-from vosjax.data import davis, image_io, results_writer, youtube_vos
+from vosjax.data import davis, image_io, results_writer, user_video, youtube_vos
 from vosjax.data import sequence as sequence_lib
 from vosjax.data.synthetic import export as synthetic_export
 from vosjax.metrics import davis_protocol, report
@@ -55,6 +55,26 @@ def given_masks(sequence: sequence_lib.VideoSequence) -> dict[int, np.ndarray]:
         starting = np.array(sequence.objects_starting_at(index), np.uint8)
         masks[index] = np.where(np.isin(mask, starting), mask, 0).astype(np.uint8)
     return masks
+
+
+def keep_given_masks(
+    sequence: sequence_lib.VideoSequence, masks: Iterable[np.ndarray]
+) -> Iterator[np.ndarray]:
+    """`masks` (one per frame) with the given masks kept exactly on the frames they are given.
+
+    On a frame with a given mask, the objects that start there are their given pixels and
+    nothing else, and the earlier objects keep their predicted pixels where the given mask is
+    background: the first annotated frame's output is thus its given mask. The segmenters'
+    own outputs there vary (a mask rebuilt from the feature grid in CRW's protocol); a user's
+    video (`user_video.UserVideo`) always gets this.
+    """
+    given = given_masks(sequence)
+    for t, mask in enumerate(masks):
+        if t in given:
+            starting = np.array(sequence.objects_starting_at(t), np.int64)
+            kept = np.where(np.isin(mask, starting), 0, mask)
+            mask = np.where(given[t] > 0, given[t], kept).astype(np.uint8)
+        yield mask
 
 
 class PropagationSegmenter:
@@ -184,18 +204,23 @@ def evaluate_sequences(
     for seq in sequences:
         bar.set_postfix(seq=seq.name)
         outputs = set(seq.output_frames)
+        scored = layout == "davis" and len(seq.annotated_frames) == len(seq)
+        middle = seq.output_frames[len(seq.output_frames) // 2]
+        masks = segmenter.segment(seq)
+        if isinstance(seq, user_video.UserVideo):
+            masks = keep_given_masks(seq, masks)
         predictions = {}
-        for t, mask in enumerate(segmenter.segment(seq)):
+        for t, mask in enumerate(masks):
             if t not in outputs:
                 continue
-            predictions[t] = mask
+            if scored or t == middle:  # a video without ground truth is not held in memory
+                predictions[t] = mask
             if writer is not None:
                 writer.write(seq, t, mask)
             bar.update(1)
         if len(overlays) < num_overlays:
-            middle = seq.output_frames[len(seq.output_frames) // 2]
             overlays[seq.name] = image_io.overlay(seq.read_frame(middle), predictions[middle])
-        if layout == "davis" and len(seq.annotated_frames) == len(seq):
+        if scored:
             ground_truth = np.stack([seq.read_mask(t) for t in range(len(seq))])
             pred = np.stack([predictions[t] for t in range(len(seq))])
             scores = davis_protocol.evaluate_sequence(ground_truth, pred, name=seq.name)

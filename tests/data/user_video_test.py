@@ -191,3 +191,69 @@ def test_binary_first_mask(mp4, tmp_path):
     )
     seq = user_video.load_user_video(mp4, path)
     assert seq.start_frames == {1: 0} and int(seq.read_mask(0).sum()) == 5 * H
+
+
+# Masks beside the frames, later masks (issue 31 item 6, issue 32).
+
+
+def _folder(tmp_path: pathlib.Path, count: int = 4) -> pathlib.Path:
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for i in range(count):
+        Image.fromarray(np.full((H, W, 3), 10 * i, np.uint8)).save(folder / f"{i:05d}.jpg")
+    return folder
+
+
+def test_files_sharing_a_stem_are_an_error(tmp_path):
+    folder = _folder(tmp_path)
+    for i in range(4):  # masks beside their frames, as a DAVIS user might put them
+        _write_mask(folder / f"{i:05d}.png")
+    with pytest.raises(image_io.DataError) as info:
+        user_video.load_user_video(folder, folder / "00000.png")
+    message = str(info.value)
+    assert str(folder) in message and "3 frame name(s) belong to more than one file" in message
+    assert "00001.jpg + 00001.png" in message and "move them out of the frames folder" in message
+
+
+def test_later_masks_by_index_and_name(tmp_path):
+    folder = _folder(tmp_path, count=6)
+    first = _write_mask(tmp_path / "first.png")  # objects 1 and 2
+    later = np.zeros((H, W), np.uint8)
+    later[0:5, 0:5] = 1  # object 1 again: given earlier, left out here
+    later[40:45, 0:9] = 3
+    image_io.write_mask(tmp_path / "later.png", later)
+    binary = tmp_path / "binary.png"
+    Image.fromarray(np.where(np.arange(W) < 4, 255, 0).astype(np.uint8)[None].repeat(H, 0)).save(
+        binary
+    )
+    seq = user_video.load_user_video(
+        folder, {"00000": first, 2: tmp_path / "later.png", "00004": binary}
+    )
+    assert seq.start_frames == {1: 0, 2: 0, 3: 2, 4: 4}  # the binary mask: the next free id
+    assert seq.annotated_frames == (0, 2, 4)
+    np.testing.assert_array_equal(seq.read_mask(2), np.where(later == 3, 3, 0))
+    assert int((seq.read_mask(4) == 4).sum()) == 4 * H and set(np.unique(seq.read_mask(4))) == {
+        0,
+        4,
+    }
+    small = seq.downsized(32)
+    assert small.image_size == (24, 32) and small.read_frame(5).shape == (24, 32, 3)
+    assert small.read_mask(0).shape == (24, 32) and small.start_frames == seq.start_frames
+    assert seq.downsized(64) is seq
+
+
+def test_bad_later_masks(tmp_path):
+    folder = _folder(tmp_path)
+    first = _write_mask(tmp_path / "first.png")
+    with pytest.raises(image_io.DataError, match="given for frame 4, but") as info:
+        user_video.load_user_video(folder, {0: first, 4: first})
+    assert str(first) in str(info.value) and "0..3" in str(info.value)
+    with pytest.raises(image_io.DataError, match="given for frame 'x7'"):
+        user_video.load_user_video(folder, {0: first, "x7": first})
+    other = _write_mask(tmp_path / "other.png")
+    with pytest.raises(image_io.DataError, match="second mask for frame 00000") as info:
+        user_video.load_user_video(folder, {0: first, "00000": other})
+    assert str(first) in str(info.value) and str(other) in str(info.value)
+    with pytest.raises(image_io.DataError, match="holds no new object") as info:
+        user_video.load_user_video(folder, {0: first, 2: other})  # ids 1 and 2 again
+    assert str(other) in str(info.value) and "start on frame(s) ['00000']" in str(info.value)
