@@ -4,7 +4,7 @@
 #       (configs/shls/davis2016_frames.py) for STEPS steps;
 #   (b) the same network at random initialisation (one step at learning rate 0);
 #   (c) (a)'s checkpoint with the kNN pre-segmentation alone as the output (no segmentation
-#       net: --config.eval.output=preseg), in W/preseg (its checkpoints/ links to (a)'s);
+#       net: --config.eval.output=preseg), its results in W/preseg/step_<STEPS>;
 #   the raw-pixel baseline is experiments/README.md's first table (configs/propagation/
 #   lab_pixels.py on the same 8 sequences at 480p), which does not depend on training.
 # All three evaluate with the memory clusterer at short side SHORT, with SPX superpixels
@@ -49,8 +49,6 @@ python -m vosjax.main "${common[@]}" --workdir="$W/shls"
 python -m vosjax.main "${common[@]}" --workdir="$W/random_init" \
   --config.num_train_steps=1 --config.base_lr=0.0
 
-# (c) (a)'s latest checkpoint, pre-segmentation only.
-mkdir -p "$W/preseg"
-ln -sfn "$(cd "$W/shls" && pwd)/checkpoints" "$W/preseg/checkpoints"
-python -m vosjax.main "${common[@]}" --workdir="$W/preseg" --mode=eval \
+# (c) (a)'s latest checkpoint, pre-segmentation only (its own results folder).
+python -m vosjax.main "${common[@]}" --workdir="$W/shls" --mode=eval --eval_dir="$W/preseg" \
   --config.eval.output=preseg
