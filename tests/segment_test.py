@@ -111,6 +111,17 @@ def test_odd_size_overlay_is_padded(tmp_path):
     assert overlay_video.sheet_frames(3) == (0, 1, 2)
 
 
+def test_a_propagation_config_without_workdir(tmp_path):
+    folder = _write_folder(tmp_path / "frames", count=3)
+    first = _first_mask(tmp_path / "first.png")
+    crw = lab_pixels.get_config("crw")  # CRW's protocol outputs frame 0 from the grid ...
+    segment.run(folder, {0: first}, tmp_path / "out", config=crw)
+    written = image_io.read_mask(tmp_path / "out" / "masks" / "f000.png")
+    np.testing.assert_array_equal(written, _scene(0)[1])  # ... the command the given mask
+    with pytest.raises(segment.InputError, match="need --config, the training config"):
+        segment.run(folder, {0: first}, tmp_path / "out2", config=crw, workdir="w")
+
+
 class _Recorder:
     """A segmenter that outputs its given masks on frame 0 and object 1 everywhere after."""
 

@@ -12,7 +12,8 @@ name (a folder's file stem, e.g. 00040, which wins over reading it as an index);
 earlier are left out of it, and a binary PNG there is a new object (the next free id).
 
 Without --config: the raw-pixel baseline (configs/propagation/lab_pixels.py:dino, DINO's label
-propagation of CIE Lab patches). With --config and --workdir: that run's checkpoint (trained
+propagation of CIE Lab patches; --config=configs/propagation/lab_pixels.py:crw for another
+preset). With --config and --workdir: that run's checkpoint (trained
 with vosjax.main or imported with vosjax.import_weights; the latest, or --step) and the method's
 own segmenter, as the config's `eval` fields set it.
 
@@ -22,7 +23,9 @@ blended over the frames, at the video's frame rate; a folder's: --fps, default 2
 OUT/overlay.png (8 frames spread over the video). The output of a frame with a given mask is that
 mask exactly for the objects that start there. Frames are read, segmented and written one at a
 time, so memory does not grow with the video's length. --max_side=N segments frames downsized
-so that their longer side is at most N; masks and overlays are written at the original size.
+so that their longer side is at most N; masks and overlays are written at the original size
+(segmenters that work at the native size gain most: the baseline's DINO reader resizes every
+frame to a short side of 480 anyway, so a smaller --max_side only blurs its input).
 Every input is checked before any work.
 """
 
@@ -86,12 +89,12 @@ def parse_masks(values: Sequence[str]) -> dict[int | str, pathlib.Path]:
 
 def later_objects_limitation(config: ml_collections.ConfigDict) -> str | None:
     """Why the method's segmenter cannot take objects that start after frame 0, or None."""
-    if config.method == "maskvos" and config.eval.get("segmenter", "decoding") == "released":
+    if config.get("method") == "maskvos" and config.eval.get("segmenter", "decoding") == "released":
         return (
             "config.eval.segmenter='released' (the released infer_mask.py protocol) takes objects "
             "of the first frame only; use --config.eval.segmenter=decoding"
         )
-    if config.method == "shls" and config.eval.get("protocol") == "released":
+    if config.get("method") == "shls" and config.eval.get("protocol") == "released":
         return (
             "config.eval.protocol='released' (the released SHLS test loop) takes objects of the "
             "first frame only; use --config.eval.protocol=vosjax"
@@ -112,11 +115,11 @@ def check_model_flags(
 ) -> None:
     """Raises InputError for --workdir/--step without --config, an unknown method, or a
     workdir without the checkpoint asked for."""
-    if config is None:
+    if config is None or is_propagation_config(config):
         if workdir or step is not None:
             raise InputError(
-                f"--workdir={workdir} / --step={step} need --config (the config the run was "
-                "trained or imported with)"
+                f"--workdir={workdir} / --step={step} need --config, the training config the "
+                "run was trained or imported with"
             )
         return
     if not workdir:
@@ -136,9 +139,17 @@ def check_model_flags(
         )
 
 
-def baseline_segmenter() -> evaluate.PropagationSegmenter:
-    """The raw-pixel baseline: CIE Lab patches with DINO's propagation protocol."""
-    config = lab_pixels.get_config("dino")
+def is_propagation_config(config: ml_collections.ConfigDict) -> bool:
+    """A `vosjax.evaluate` config (configs/propagation/): features and propagation, no model."""
+    return "method" not in config and "features" in config and "propagation" in config
+
+
+def baseline_segmenter(
+    config: ml_collections.ConfigDict | None = None,
+) -> evaluate.PropagationSegmenter:
+    """Label propagation of a configs/propagation/ config (default: lab_pixels.py:dino, CIE Lab
+    patches with DINO's protocol)."""
+    config = config or lab_pixels.get_config("dino")
     return evaluate.PropagationSegmenter(
         evaluate.build_extractor(config), propagation.from_config_dict(config.propagation)
     )
@@ -258,8 +269,18 @@ def run(
         )
     out = pathlib.Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    names = set(sequence.frame_names)
+    stale = sorted(p.name for p in (out / "masks").glob("*.png") if p.stem not in names)
+    if stale:
+        print(
+            f"Note: {out / 'masks'} holds {len(stale)} PNGs of no frame of this video "
+            f"({stale[0]}, ...); they are left there"
+        )
     if config is None:
         segmenter, model = baseline_segmenter(), "raw pixels (lab_pixels:dino)"
+    elif is_propagation_config(config):
+        segmenter = baseline_segmenter(config)
+        model = f"{config.features.name} features, {config.propagation.preset} propagation"
     else:
         segmenter, restored = restored_segmenter(config, workdir, step)
         model = f"{config.method}, step {restored} of {workdir}"
