@@ -443,47 +443,58 @@ class Checkpointer:
         return None
 
     def _agreed_problem(self, step: int, data: str) -> str | None:
-        """`_local_problem` as every process agrees on it (damaged if damaged on any)."""
+        """`_local_problem` as every process agrees on it (damaged if damaged on any), with
+        each failing process's reason."""
         problem = self._local_problem(step, data)
         if jax.process_count() == 1:
             return problem
-        flags = multihost_utils.process_allgather(np.array(problem is not None, np.int32))
-        failing = [i for i, flag in enumerate(np.asarray(flags).reshape(-1)) if flag]
-        if not failing:
-            return None
-        if problem is not None:
-            logging.warning(
-                "Checkpoint step %d on process %d: %s", step, jax.process_index(), problem
-            )
-        return problem or f"damaged on process(es) {failing} (see their logs)"
+        size = 4 * _MAX_REASON_CHARS  # bytes of UTF-8 per process
+        local = (problem or "").encode()[:size].ljust(size, b"\0")
+        gathered = multihost_utils.process_allgather(np.frombuffer(local, np.uint8))
+        reasons = [
+            bytes(row).rstrip(b"\0").decode(errors="replace")
+            for row in np.asarray(gathered).reshape(jax.process_count(), size)
+        ]
+        failing = [f"process {i}: {reason}" for i, reason in enumerate(reasons) if reason]
+        return "; ".join(failing) if failing else None
 
     def _set_aside(self, step: int, problem: str) -> None:
-        """Logs the damage; moves the step's folder to `damaged_directory` (`move_damaged`)."""
+        """Logs the damage; moves the step's folder to `damaged_directory` (`move_damaged`).
+
+        In a multi-process run only process 0 moves it, then every process waits for it.
+        """
         source = self.directory / str(step)
         if not self.move_damaged:
             logging.warning(
                 "Checkpoint step %d in %s is damaged, skipped: %s", step, self.directory, problem
             )
             return
-        target = self.damaged_directory / str(step)
-        copy = 2
-        while target.exists() or target.with_name(target.name + ".txt").exists():
-            target = self.damaged_directory / f"{step}.{copy}"
-            copy += 1
-        logging.warning(
-            "Checkpoint step %d in %s is damaged: %s; moving it to %s",
-            step,
-            self.directory,
-            problem,
-            target,
-        )
-        # Every process has checked this step (`_agreed_problem` all-gathers): process 0 moves.
         if jax.process_index() == 0:
+            target = self.damaged_directory / str(step)
+            copy = 2
+            while target.exists() or target.with_name(target.name + ".txt").exists():
+                target = self.damaged_directory / f"{step}.{copy}"
+                copy += 1
+            logging.warning(
+                "Checkpoint step %d in %s is damaged: %s; moving it to %s",
+                step,
+                self.directory,
+                problem,
+                target,
+            )
             self.damaged_directory.mkdir(parents=True, exist_ok=True)
             source.rename(target)  # same file system: atomic, nothing is copied or deleted
             target.with_name(target.name + ".txt").write_text(f"Moved from {source}: {problem}\n")
+        else:
+            logging.warning(
+                "Checkpoint step %d in %s is damaged: %s; process 0 moves it to %s",
+                step,
+                self.directory,
+                problem,
+                self.damaged_directory,
+            )
         if jax.process_count() > 1:
-            multihost_utils.sync_global_devices(f"vosjax_checkpoint_damaged_{step}_after")
+            multihost_utils.sync_global_devices(f"vosjax_checkpoint_damaged_{step}")
         # orbax caches the steps: without a re-read it would still list this step, and `save`
         # would skip its number when the run reaches it again.
         self._manager.reload()

@@ -591,7 +591,10 @@ def evaluate_checkpoint(
     workdir = pathlib.Path(workdir)
     trainer = trainer or Trainer(config, method)
     run_record.check(workdir, config, trainer.abstract_state, write=False)
-    with checkpointing.Checkpointer(workdir / "checkpoints", handle_sigterm=False) as checkpointer:
+    # A reader (it may run beside the training run): damaged steps are skipped, not moved.
+    with checkpointing.Checkpointer(
+        workdir / "checkpoints", handle_sigterm=False, move_damaged=False
+    ) as checkpointer:
         steps = checkpointer.all_steps()
         if not steps or (step is not None and step not in steps):
             raise FileNotFoundError(
