@@ -1,7 +1,9 @@
 """Tests of vosjax.checkpointing on 8 fake CPU devices."""
 
+import asyncio
 import os
 import signal
+import threading
 
 import flax
 import grain
@@ -134,3 +136,58 @@ def test_average_checkpoints_rejects_bad_requests(tmp_path):
         checkpointing.average_checkpoints(tmp_path / "run", [1, 2], tmp_path / "run")
     with pytest.raises(ValueError, match=r"\['w'\] has shape \(4, 3\) at step 1 but \(2, 3\)"):
         checkpointing.average_checkpoints(tmp_path / "run", [1, 3], tmp_path / "avg")
+
+
+def test_an_old_step_is_pruned_only_once_the_newer_one_is_complete(tmp_path, monkeypatch):
+    """orbax 0.12.8's order under asynchronous writes: a step is written to a temporary folder,
+    renamed once complete, and only then are steps beyond `max_to_keep` deleted; a failed write
+    deletes nothing, leaves its temporary folder (ignored when steps are listed) and the step
+    can be saved again."""
+    from orbax.checkpoint._src.path import atomicity
+
+    mesh = sharding.make_mesh({"data": -1})
+    finalize = atomicity.AtomicRenameTemporaryPath.finalize
+    entered, release = threading.Event(), threading.Event()
+    failing = {"3"}
+
+    async def held_finalize(self):
+        if self.get_final().name in ("2", "3"):
+            entered.set()
+            await asyncio.to_thread(release.wait, 60)
+            if self.get_final().name in failing:
+                raise OSError("no space left on device")
+        await finalize(self)
+
+    monkeypatch.setattr(atomicity.AtomicRenameTemporaryPath, "finalize", held_finalize)
+
+    def restored(step):
+        with checkpointing.Checkpointer(tmp_path, handle_sigterm=False, move_damaged=False) as c:
+            return float(np.asarray(c.restore_raw(step)[0]["w"])[0, 0])
+
+    with checkpointing.Checkpointer(tmp_path, max_to_keep=1) as ckpt:
+        ckpt.save(1, _state(mesh, 1))
+        ckpt.wait_until_finished()
+        ckpt.save(2, _state(mesh, 2))
+        assert entered.wait(60)
+        # Step 2 is being written (every file in its temporary folder): step 1 is untouched.
+        assert (tmp_path / "2.orbax-checkpoint-tmp").is_dir() and not (tmp_path / "2").exists()
+        assert restored(1) == 1.0
+        release.set()
+        ckpt.wait_until_finished()
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["2"]  # pruned after the rename
+        entered.clear()
+        release.clear()
+        ckpt.save(3, _state(mesh, 3))
+        assert entered.wait(60)
+        release.set()
+        with pytest.raises(OSError, match="no space left"):
+            ckpt.wait_until_finished()
+    # The failed write deleted nothing: step 2 is intact, step 3's temporary folder is ignored.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["2", "3.orbax-checkpoint-tmp"]
+    assert restored(2) == 2.0
+    failing.clear()
+    with checkpointing.Checkpointer(tmp_path, max_to_keep=1, async_writes=False) as ckpt:
+        assert ckpt.all_steps() == [2]
+        ckpt.save(3, _state(mesh, 3))  # the temporary folder is replaced, step 2 then pruned
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["3"]
+    assert restored(3) == 3.0
