@@ -15,24 +15,28 @@ values from `get_state()`.
 
 Damaged steps. A step folder that orbax lists (a finalised write) can still be unreadable: a
 truncated or missing array file, a missing `state/_METADATA`, a missing or unreadable
-data-iterator file (`data/process_<i>-of-<n>.json`). `Checkpointer.restore` of the latest step
-then logs one line per damaged step (the step and the underlying error's message), moves its
-folder aside to `<checkpoints>_damaged/<step>` (never deleted; `<step>.2`, `<step>.3`, ... when
-that name is taken; the reason is written beside it in `<name>.txt`) and restores the newest
-step that restores; the step numbers after it are trained and saved again. With no intact step it
-raises `DamagedCheckpointError` listing every step and why. An explicit `step=` that is damaged
-raises `DamagedCheckpointError` naming the step and the damage (no fallback), as does
-`restore_raw` (another run's checkpoint for `init_from`, or `average_checkpoints`: its folders
-are not moved, and an older step would silently change what the user asked for).
+data-iterator file (`data/process_<i>-of-<n>.json`). Before orbax reads a step, these files are
+checked (`vosjax.checkpoint_files`; for the arrays: the OCDBT b-tree's nodes are read, not the
+values, and every data file they point into must be there and long enough), and any error of
+orbax's restore itself counts as damage too. `Checkpointer.restore` of the latest step logs one
+line per damaged step (the step and the cause, not a traceback), moves its folder aside to
+`<checkpoints>_damaged/<step>` (never deleted; `<step>.2`, `<step>.3`, ... when that name is
+taken; the reason is written beside it in `<name>.txt`) and restores the newest intact step; the
+steps after it are trained and saved again. With no intact step it raises
+`DamagedCheckpointError` listing every step and why. An explicit `step=` that is damaged raises
+`DamagedCheckpointError` naming the step and the damage (no fallback), as does `restore_raw`
+(another run's checkpoint for `init_from`, or `average_checkpoints`: its folders are not moved,
+and an older step would silently be another model than the one asked for). A reader beside a
+training run (`--mode=eval`) passes `move_damaged=False`: it skips damaged steps, moves nothing.
 
 Multi-process runs: every process checks its own files of a step (the state's metadata and
-manifest, its data-iterator file) and the processes all-gather the verdict, so that all agree on
-the step; only process 0 moves folders, between two barriers, and every process then re-reads
+array files, its data-iterator file) and the processes all-gather their reasons, so that all
+agree on the step; only process 0 moves the folder, then a barrier, then every process re-reads
 the list of steps. A step that passes these checks but fails inside orbax's restore (e.g. a
-truncated array file) is a fallback in a single-process run; in a multi-process run it stops the
-run with `DamagedCheckpointError` naming the step (orbax's restore ends in a barrier that the
-failing process cannot join, so the processes could not agree safely): move that folder aside by
-hand and start again.
+corrupted, not truncated, array file) falls back in a single-process run; in a multi-process run
+it stops the run with `DamagedCheckpointError` naming the step (orbax's restore ends in a
+barrier that the failing process cannot join, so the processes could not agree safely): move
+that folder aside by hand and start again.
 
 What orbax 0.12.8 guarantees (checked for this module): a step is written to
 `<step>.orbax-checkpoint-tmp` and renamed to `<step>` once every file is on disk, so a killed
@@ -48,7 +52,6 @@ from __future__ import annotations
 
 import json
 import pathlib
-import re
 import signal
 import threading
 from collections.abc import Sequence
@@ -59,96 +62,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
-import tensorstore as ts
 from absl import logging
 from jax.experimental import multihost_utils
 
-# The longest underlying error message kept in a damage report (orbax's can run to kilobytes).
-_MAX_REASON_CHARS = 800
-# tensorstore ends its messages with its whole spec (a kilobyte of JSON) after the cause.
-_TENSORSTORE_TRAILER = re.compile(
-    r"\s*\[(tensorstore_spec|source locations)(\[\d+\])?=.*$", re.DOTALL
-)
+from vosjax import checkpoint_files
 
 
 class DamagedCheckpointError(ValueError):
     """A checkpoint step (or every step) cannot be restored; the message names each and why."""
-
-
-def _one_line(error: BaseException) -> str:
-    """`Type: message` on one line, cut to `_MAX_REASON_CHARS`."""
-    message = " ".join(_TENSORSTORE_TRAILER.sub("", str(error)).split()) or repr(error)
-    text = f"{type(error).__name__}: {message}"
-    if len(text) <= _MAX_REASON_CHARS:
-        return text
-    half = (_MAX_REASON_CHARS - 5) // 2
-    return f"{text[:half]} ... {text[-half:]}"
-
-
-# A location in an OCDBT dump: 'btreenode:<base>:<file>:<offset>:<length>' or 'value:...'.
-_OCDBT_LOCATION = re.compile(r"^(btreenode|value):([^:]*):(.+):(\d+):(\d+)$")
-
-
-def _array_files_problem(state: pathlib.Path) -> str | None:
-    """Why the array data of an OCDBT state folder cannot be read (None: every file is there).
-
-    Walks the b-tree (reading its nodes only, not the array values) and checks that every data
-    file it points into exists and is long enough: a missing or truncated file is found before
-    orbax's restore, which would fail on it with kilobytes of tensorstore and asyncio errors.
-    """
-    sizes: dict[pathlib.Path, int] = {}  # data file -> bytes the b-tree needs in it
-
-    def note(location: str) -> pathlib.Path:
-        match = _OCDBT_LOCATION.match(location)
-        if match is None:
-            raise ValueError(f"unexpected OCDBT location {location!r}")
-        _, base, name, offset, length = match.groups()
-        path = state / base / name
-        sizes[path] = max(sizes.get(path, 0), int(offset) + int(length))
-        return path
-
-    def file_problem(path: pathlib.Path) -> str | None:
-        if not path.is_file():
-            return f"the array data file {path} is missing"
-        if path.stat().st_size < sizes[path]:
-            return (
-                f"the array data file {path} is truncated ({path.stat().st_size} bytes, "
-                f"{sizes[path]} expected)"
-            )
-        return None
-
-    try:
-        store = ts.KvStore.open({"driver": "file", "path": f"{state}/"}).result()
-        versions = ts.ocdbt.dump(store).result()["versions"]
-        pending = [versions[-1]["root"]["location"]] if versions else []
-        while pending:
-            problem = file_problem(note(node := pending.pop()))
-            if problem is not None:
-                return problem
-            for entry in ts.ocdbt.dump(store, node).result()["entries"]:
-                for value in entry.values():
-                    if isinstance(value, str) and value.startswith("btreenode:"):
-                        pending.append(value)
-                    elif isinstance(value, str) and value.startswith("value:"):
-                        note(value)
-    except Exception as error:  # an unreadable b-tree is damage
-        return f"the state's array index in {state} is unreadable ({_one_line(error)})"
-    for path in sorted(sizes):
-        problem = file_problem(path)
-        if problem is not None:
-            return problem
-    return None
-
-
-def _json_file_problem(path: pathlib.Path, what: str) -> str | None:
-    """Why `path` is not a readable JSON file (None: it is)."""
-    if not path.is_file():
-        return f"{what} {path} is missing"
-    try:
-        json.loads(path.read_bytes())
-    except (OSError, ValueError) as error:
-        return f"{what} {path} is unreadable ({_one_line(error)})"
-    return None
 
 
 class StatefulIterator(Protocol):
@@ -368,7 +289,7 @@ class Checkpointer:
             try:
                 restored = self._manager.restore(step, args=args)
             except Exception as error:  # any failure to read is damage
-                problem = _one_line(error)
+                problem = checkpoint_files.one_line(error)
         if problem is not None:
             raise DamagedCheckpointError(
                 f"{self.directory / str(step)}: checkpoint step {step} is damaged: {problem} "
@@ -389,14 +310,14 @@ class Checkpointer:
                 try:
                     restored = self._manager.restore(step, args=args)
                 except Exception as error:  # any failure to read is damage
+                    problem = checkpoint_files.one_line(error)
                     if jax.process_count() > 1:
                         raise DamagedCheckpointError(
                             f"{self.directory / str(step)}: checkpoint step {step} could not be "
-                            f"restored on process {jax.process_index()}: {_one_line(error)}. "
-                            f"Move {self.directory / str(step)} out of {self.directory} and "
-                            "start the run again to resume from the step before it"
+                            f"restored on process {jax.process_index()}: {problem}. Move "
+                            f"{self.directory / str(step)} out of {self.directory} and start the "
+                            "run again to resume from the step before it"
                         ) from error
-                    problem = _one_line(error)
                 else:
                     if damaged:
                         logging.warning(
@@ -417,30 +338,10 @@ class Checkpointer:
         )
 
     def _local_problem(self, step: int, data: str) -> str | None:
-        """What this process finds missing or unreadable among the step's small files.
-
-        `data`: whether its data-iterator file is checked: 'required', 'if_saved' (a resume
-        restores the iterator later, `restore_data`) or 'no' (the weights only).
-        """
-        folder = self.directory / str(step)
-        state = folder / "state"
-        if not state.is_dir():
-            return f"the state folder {state} is missing"
-        metadata = state / "_METADATA"
-        problem = _json_file_problem(metadata, "the state's metadata")
-        if problem is not None:
-            return problem
-        if json.loads(metadata.read_bytes()).get("use_ocdbt"):
-            if not (state / "manifest.ocdbt").is_file():
-                return f"the state's array manifest {state / 'manifest.ocdbt'} is missing"
-            problem = _array_files_problem(state)
-            if problem is not None:
-                return problem
-        data_folder = folder / "data"
-        if data == "required" or (data == "if_saved" and data_folder.is_dir()):
-            name = f"process_{jax.process_index()}-of-{jax.process_count()}.json"
-            return _json_file_problem(data_folder / name, "the data-iterator file")
-        return None
+        """What this process finds missing or unreadable in the step (`data`: see
+        `checkpoint_files.step_problem`)."""
+        name = f"process_{jax.process_index()}-of-{jax.process_count()}.json"
+        return checkpoint_files.step_problem(self.directory / str(step), name, data)
 
     def _agreed_problem(self, step: int, data: str) -> str | None:
         """`_local_problem` as every process agrees on it (damaged if damaged on any), with
@@ -448,7 +349,7 @@ class Checkpointer:
         problem = self._local_problem(step, data)
         if jax.process_count() == 1:
             return problem
-        size = 4 * _MAX_REASON_CHARS  # bytes of UTF-8 per process
+        size = 4 * checkpoint_files.MAX_REASON_CHARS  # bytes of UTF-8 per process
         local = (problem or "").encode()[:size].ljust(size, b"\0")
         gathered = multihost_utils.process_allgather(np.frombuffer(local, np.uint8))
         reasons = [
@@ -543,6 +444,7 @@ def average_checkpoints(
 
     Raises:
       FileNotFoundError: a step is not saved in `directory` (`Checkpointer.restore_raw`'s error).
+      DamagedCheckpointError: a step is damaged (named, with the damage).
       FileExistsError: `out_directory` already holds `out_step`.
       ValueError: fewer than two distinct steps, `out_directory` is `directory`, or the states
         differ in structure or shapes (naming the first differing leaf).

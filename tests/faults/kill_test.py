@@ -53,9 +53,9 @@ def _assert_bitwise_equal(params, reference):
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
-    """The parameters of an uninterrupted run."""
+    """The parameters of an uninterrupted run (checkpoints do not change them: one at the end)."""
     workdir = tmp_path_factory.mktemp("reference")
-    out, _ = (proc := _launch(workdir)).communicate(timeout=300)
+    out, _ = (proc := _launch(workdir, f"--checkpoint_every={STEPS}")).communicate(timeout=300)
     assert proc.returncode == 0, out
     return _params(workdir / "params_0.npz")
 
@@ -120,6 +120,7 @@ def test_killed_at_random_moments_then_damaged_resumes_bitwise_equal(tmp_path, r
         out = _kill_run(tmp_path, kind, before or 0, rng)
         after, kept = _newest_intact(directory)
         context = f"kill {number} ({kind}) after step {before}, newest intact {after}:\n{out}"
+        print(context.split(":", 1)[0])  # the schedule, with `pytest -s`
         # No intact checkpoint lost: the newest one is still intact and unchanged, unless a
         # newer one was completed (then orbax may prune it: it keeps the newest 2).
         if before is not None:
@@ -154,3 +155,5 @@ def test_killed_at_random_moments_then_damaged_resumes_bitwise_equal(tmp_path, r
     moved_file = damaged / str(newest) / array_file.relative_to(directory / str(newest))
     assert moved_file.stat().st_size == size // 2  # moved as it was, not deleted
     _assert_bitwise_equal(_params(tmp_path / "params_0.npz"), reference)
+    # The temporary folders of killed writes were replaced when their steps were saved again.
+    assert not list(directory.glob("*.orbax-checkpoint-tmp*"))
