@@ -23,7 +23,8 @@ line per damaged step (the step and the cause, not a traceback), moves its folde
 `<checkpoints>_damaged/<step>` (never deleted; `<step>.2`, `<step>.3`, ... when that name is
 taken; the reason is written beside it in `<name>.txt`) and restores the newest intact step; the
 steps after it are trained and saved again. With no intact step it raises
-`DamagedCheckpointError` listing every step and why. An explicit `step=` that is damaged raises
+`DamagedCheckpointError` listing every step and why, and moves nothing (a restarted run would
+otherwise start from scratch without a word). An explicit `step=` that is damaged raises
 `DamagedCheckpointError` naming the step and the damage (no fallback), as does `restore_raw`
 (another run's checkpoint for `init_from`, or `average_checkpoints`: its folders are not moved,
 and an older step would silently be another model than the one asked for). A reader beside a
@@ -319,6 +320,10 @@ class Checkpointer:
                             "run again to resume from the step before it"
                         ) from error
                 else:
+                    # Moved only once an older step restored: with no intact step nothing moves,
+                    # so that a restarted run does not silently start from scratch.
+                    for damaged_step, damaged_problem in damaged:
+                        self._set_aside(damaged_step, damaged_problem)
                     if damaged:
                         logging.warning(
                             "Restored step %d, the newest intact checkpoint in %s (damaged: %s)",
@@ -330,11 +335,11 @@ class Checkpointer:
                         logging.info("Restored step %d from %s", step, self.directory)
                     return restored, step
             damaged.append((step, problem))
-            self._set_aside(step, problem)
         raise DamagedCheckpointError(
             f"{self.directory}: no intact checkpoint; "
             + "; ".join(f"step {s}: {p}" for s, p in damaged)
-            + (f" (moved to {self.damaged_directory})" if self.move_damaged else "")
+            + ". Nothing was moved: move these steps out of the folder (or use another workdir) "
+            "to start afresh"
         )
 
     def _local_problem(self, step: int, data: str) -> str | None:
