@@ -19,6 +19,9 @@ The takeover is race-free: the taker holds `flock` on the stale file, checks tha
 names that file, and replaces it in one `os.replace`; a second taker finds another file there and
 starts over (and refuses, the new holder being alive).
 
+"This host" is `socket.gethostname()`: machines (or containers without a shared process table)
+that write one workdir need distinct host names, as they have on clusters and in Docker.
+
 Multi-host runs: process 0 alone holds the lock (other processes never touch the file); its
 decision is broadcast, so a refusal stops every process at the same point.
 
