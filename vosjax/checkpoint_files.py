@@ -120,5 +120,14 @@ def step_problem(folder: pathlib.Path, data_file: str | None, data: str) -> str 
             return problem
     data_folder = folder / "data"
     if data == "required" or (data == "if_saved" and data_folder.is_dir()):
-        return json_file_problem(data_folder / data_file, "the data-iterator file")
+        problem = json_file_problem(data_folder / data_file, "the data-iterator file")
+        saved = sorted(p.name for p in data_folder.glob("process_*-of-*.json"))
+        if (
+            problem is not None
+            and saved
+            and not any(name.endswith(data_file[data_file.index("-of-") :]) for name in saved)
+        ):
+            # Not damage: the run was saved by another number of processes.
+            problem += f" (the data iterator was saved by other processes: {', '.join(saved)})"
+        return problem
     return None

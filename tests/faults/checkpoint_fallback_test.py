@@ -141,7 +141,16 @@ def test_an_explicit_damaged_step_is_an_error_and_nothing_moves(tmp_path):
         with pytest.raises(checkpointing.DamagedCheckpointError, match="step 6 is damaged"):
             ckpt.restore_raw()  # init_from / average_checkpoints: no fallback either
         raw, step = ckpt.restore_raw(4)
-    assert step == 4 and float(np.asarray(raw["w"])[0, 0]) == 4.0
+        assert step == 4 and float(np.asarray(raw["w"])[0, 0]) == 4.0
+        # A run resumed with another number of processes is told so.
+        data = directory / "4" / "data"
+        (data / "process_0-of-1.json").rename(data / "process_0-of-2.json")
+        with pytest.raises(
+            checkpointing.DamagedCheckpointError,
+            match=r"process_0-of-1.json is missing \(the data iterator was saved by other "
+            r"processes: process_0-of-2.json\)",
+        ):
+            ckpt.restore(_abstract(mesh), step=4)
     assert (directory / "6").is_dir() and not (tmp_path / "checkpoints_damaged").exists()
 
 
