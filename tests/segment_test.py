@@ -85,7 +85,8 @@ def test_mp4_with_the_baseline_and_a_later_object(tmp_path):
     names = [f"{t:05d}" for t in range(NUM_FRAMES)]
     assert sorted(p.stem for p in (out / "masks").glob("*.png")) == names
     masks = [image_io.read_mask(out / "masks" / f"{n}.png") for n in names]
-    assert Image.open(out / "masks" / "00000.png").mode == "P"
+    with Image.open(out / "masks" / "00000.png") as image:
+        assert image.mode == "P"
     np.testing.assert_array_equal(masks[0], image_io.read_mask(first))  # exactly as given
     given = image_io.read_mask(later)
     assert not (masks[1] == 2).any() and not (masks[2] == 2).any()
@@ -95,7 +96,8 @@ def test_mp4_with_the_baseline_and_a_later_object(tmp_path):
     iou = ((masks[2] == 1) & truth).sum() / ((masks[2] == 1) | truth).sum()
     assert iou > 0.6, iou
     assert _read_video(out / "overlay.mp4") == (NUM_FRAMES, (H, W), 10.0)
-    sheet = np.asarray(Image.open(out / "overlay.png"))
+    with Image.open(out / "overlay.png") as image:
+        sheet = np.asarray(image)
     assert outputs.overlay_sheet == out / "overlay.png"
     assert sheet.shape == (2 * H + 4, 4 * W + 3 * 4, 3)  # 6 frames: 4 + 2 thumbnails
 
@@ -209,7 +211,7 @@ def test_bad_inputs_fail_before_any_work(tmp_path, corr_workdir):
     error = functools.partial(_expect_error, tmp_path)
     error("second mask for frame 00000", [first, small], video, {0: first, "00000": small})
     with pytest.raises(segment.InputError, match="two masks for frame 0"):
-        segment.parse_masks([str(first), f"0:{small}"])
+        segment.parse_masks([str(first), str(small)])
     smoke = corr_r18.get_config("smoke")
     run = str(corr_workdir)
     missing = tmp_path / "no_run"
@@ -229,7 +231,7 @@ def test_bad_inputs_fail_before_any_work(tmp_path, corr_workdir):
 def test_parse_masks(tmp_path):
     assert segment.parse_masks(["m.png", "12:n.png", "f010:o.png", "00040:dir/p.png"]) == {
         0: pathlib.Path("m.png"),
-        12: pathlib.Path("n.png"),
+        "12": pathlib.Path("n.png"),
         "f010": pathlib.Path("o.png"),
         "00040": pathlib.Path("dir/p.png"),
     }

@@ -73,11 +73,8 @@ def parse_masks(values: Sequence[str]) -> dict[int | str, pathlib.Path]:
         frame, sep, path = value.partition(":")
         if not sep or not frame or "/" in frame or "\\" in frame or pathlib.Path(value).is_file():
             key, file = 0, pathlib.Path(value)
-        else:
-            key, file = (
-                (int(frame) if frame.isdigit() and frame == str(int(frame)) else frame),
-                (pathlib.Path(path)),
-            )
+        else:  # kept as text: a frame's name, else an index (`user_video.frame_index`)
+            key, file = frame, pathlib.Path(path)
         if key in masks:
             raise InputError(
                 f"--mask: two masks for frame {key}: {masks[key]} and {file}; expected one per "

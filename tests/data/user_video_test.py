@@ -248,7 +248,7 @@ def test_bad_later_masks(tmp_path):
     with pytest.raises(image_io.DataError, match="given for frame 4, but") as info:
         user_video.load_user_video(folder, {0: first, 4: first})
     assert str(first) in str(info.value) and "0..3" in str(info.value)
-    with pytest.raises(image_io.DataError, match="given for frame 'x7'"):
+    with pytest.raises(image_io.DataError, match="given for frame x7, but"):
         user_video.load_user_video(folder, {0: first, "x7": first})
     other = _write_mask(tmp_path / "other.png")
     with pytest.raises(image_io.DataError, match="second mask for frame 00000") as info:

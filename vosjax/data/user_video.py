@@ -273,7 +273,7 @@ def frame_index(
         index = None
     if index is None or not 0 <= index < n:
         raise image_io.DataError(
-            f"{mask}: given for frame {key!r}, but {source} has {n} frames: expected an index "
+            f"{mask}: given for frame {key}, but {source} has {n} frames: expected an index "
             f"0..{n - 1} or a frame name ({frame_names[0]} .. {frame_names[-1]})"
         )
     return index
