@@ -16,7 +16,7 @@ values from `get_state()`.
 Damaged steps. A step folder that orbax lists (a finalised write) can still be unreadable: a
 truncated or missing array file, a missing `state/_METADATA`, a missing or unreadable
 data-iterator file (`data/process_<i>-of-<n>.json`). Before orbax reads a step, these files are
-checked (`vosjax.checkpoint_files`; for the arrays: the OCDBT b-tree's nodes are read, not the
+checked (`vosjax.checkpoint_damage`; for the arrays: the OCDBT b-tree's nodes are read, not the
 values, and every data file they point into must be there and long enough), and any error of
 orbax's restore itself counts as damage too. `Checkpointer.restore` of the latest step logs one
 line per damaged step (the step and the cause, not a traceback), moves its folder aside to
@@ -66,7 +66,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 from jax.experimental import multihost_utils
 
-from vosjax import checkpoint_files
+from vosjax import checkpoint_damage
 
 
 class DamagedCheckpointError(ValueError):
@@ -290,7 +290,7 @@ class Checkpointer:
             try:
                 restored = self._manager.restore(step, args=args)
             except Exception as error:  # any failure to read is damage
-                problem = checkpoint_files.one_line(error)
+                problem = checkpoint_damage.one_line(error)
         if problem is not None:
             raise DamagedCheckpointError(
                 f"{self.directory / str(step)}: checkpoint step {step} is damaged: {problem} "
@@ -311,7 +311,7 @@ class Checkpointer:
                 try:
                     restored = self._manager.restore(step, args=args)
                 except Exception as error:  # any failure to read is damage
-                    problem = checkpoint_files.one_line(error)
+                    problem = checkpoint_damage.one_line(error)
                     if jax.process_count() > 1:
                         raise DamagedCheckpointError(
                             f"{self.directory / str(step)}: checkpoint step {step} could not be "
@@ -344,9 +344,9 @@ class Checkpointer:
 
     def _local_problem(self, step: int, data: str) -> str | None:
         """What this process finds missing or unreadable in the step (`data`: see
-        `checkpoint_files.step_problem`)."""
+        `checkpoint_damage.step_problem`)."""
         name = f"process_{jax.process_index()}-of-{jax.process_count()}.json"
-        return checkpoint_files.step_problem(self.directory / str(step), name, data)
+        return checkpoint_damage.step_problem(self.directory / str(step), name, data)
 
     def _agreed_problem(self, step: int, data: str) -> str | None:
         """`_local_problem` as every process agrees on it (damaged if damaged on any), with
@@ -354,7 +354,7 @@ class Checkpointer:
         problem = self._local_problem(step, data)
         if jax.process_count() == 1:
             return problem
-        size = 4 * checkpoint_files.MAX_REASON_CHARS  # bytes of UTF-8 per process
+        size = 4 * checkpoint_damage.MAX_REASON_CHARS  # bytes of UTF-8 per process
         local = (problem or "").encode()[:size].ljust(size, b"\0")
         gathered = multihost_utils.process_allgather(np.frombuffer(local, np.uint8))
         reasons = [
