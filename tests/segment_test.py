@@ -12,6 +12,7 @@ from PIL import Image
 
 from configs.maskvos import corr_r18, r18
 from configs.propagation import lab_pixels
+from configs.shls import davis2016_frames
 from vosjax import checkpointing, evaluate, segment, train
 from vosjax import main as main_lib
 from vosjax.data import image_io, overlay_video, user_video
@@ -226,6 +227,8 @@ def test_bad_inputs_fail_before_any_work(tmp_path, corr_workdir):
     masks = {0: first, 3: _later_mask(tmp_path / "later.png")}
     late = ["{2: '00003'}"]
     error("--config.eval.segmenter=decoding", late, video, masks, config=released, workdir=run)
+    shls = davis2016_frames.get_config()  # the released SHLS test loop: frame-0 objects only
+    error("--config.eval.protocol=vosjax", late, video, masks, config=shls, workdir=run)
 
 
 def test_parse_masks(tmp_path):
