@@ -210,6 +210,10 @@ def test_bad_inputs_fail_before_any_work(tmp_path, corr_workdir):
     _expect_error(tmp_path, "unreadable", [broken], video, {0: broken})
     _expect_error(tmp_path, "has 6 frames", [first, "0..5"], video, {6: first})
     error = functools.partial(_expect_error, tmp_path)
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    with pytest.raises(segment.InputError, match="cannot create the output folder"):
+        segment.run(video, {0: first}, blocker / "out")
     error("second mask for frame 00000", [first, small], video, {0: first, "00000": small})
     with pytest.raises(segment.InputError, match="two masks for frame 0"):
         segment.parse_masks([str(first), str(small)])

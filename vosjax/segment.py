@@ -265,7 +265,10 @@ def run(
             f"objects {late} (id: frame) start after the first frame, but {limitation}"
         )
     out = pathlib.Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        (out / "masks").mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise InputError(f"--out={out}: cannot create the output folder ({e})") from e
     names = set(sequence.frame_names)
     stale = sorted(p.name for p in (out / "masks").glob("*.png") if p.stem not in names)
     if stale:
