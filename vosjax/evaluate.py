@@ -270,7 +270,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict | None:
 def main(argv: Sequence[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    run(flags.FLAGS.config, flags.FLAGS.workdir)
+    try:
+        run(flags.FLAGS.config, flags.FLAGS.workdir)
+    except image_io.DataError as e:  # bad data the user gave: one line, no traceback
+        print(f"evaluate: {e}", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

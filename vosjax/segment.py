@@ -162,7 +162,10 @@ def restored_segmenter(
     method = main_lib.build_method(config)
     trainer = train.Trainer(config, method)
     directory = pathlib.Path(workdir) / "checkpoints"
-    with checkpointing.Checkpointer(directory, handle_sigterm=False) as checkpointer:
+    # A reader beside a training run: damaged steps are skipped, never moved (the run's job).
+    with checkpointing.Checkpointer(
+        directory, handle_sigterm=False, move_damaged=False
+    ) as checkpointer:
         state, step = checkpointer.restore(trainer.abstract_state, step)
     return method.make_segmenter(trainer.model(state)), step
 

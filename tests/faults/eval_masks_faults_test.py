@@ -216,3 +216,27 @@ def test_annotation_matching_no_frame(tmp_path):
     with pytest.raises(image_io.DataError) as info:
         eval_masks.run(root, results, num_workers=1)
     assert str(info.value).startswith(f"{stray}: annotation matches no frame of sequence 'toy'")
+
+
+def test_evaluate_command_names_a_missing_ground_truth_in_one_line(tmp_path):
+    """`python -m vosjax.evaluate` reads DAVIS through the same checks: one line, exit 1."""
+    root, _ = _layout(tmp_path)
+    (root / "Annotations" / "480p" / "toy" / "00002.png").unlink()
+    process = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "vosjax.evaluate",
+            "--config=configs/propagation/lab_pixels.py:smoke",
+            f"--config.data.davis_root={root}",
+            f"--workdir={tmp_path / 'work'}",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=300,
+    )
+    assert process.returncode == 1, process.stderr[-2000:]
+    assert "00002.png" in process.stderr
+    assert "Traceback" not in process.stderr
+    assert not (tmp_path / "work" / "results").exists()  # nothing segmented
