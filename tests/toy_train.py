@@ -15,6 +15,7 @@ import argparse
 import os
 import pathlib
 import signal
+import subprocess
 import sys
 import time
 from typing import Any
@@ -114,6 +115,23 @@ def _install_kills(write_step: int, prune_step: int) -> None:
             delete(self, step, target)
 
         deleter.StandardCheckpointDeleter._delete_step_permanently = delete_or_kill
+
+
+def launch(workdir: str | os.PathLike, *args: str) -> subprocess.Popen:
+    """Starts this script on `workdir` (output: stdout and stderr together, as text)."""
+    return subprocess.Popen(
+        [sys.executable, str(pathlib.Path(__file__).resolve()), f"--workdir={workdir}", *args],
+        cwd=pathlib.Path(__file__).resolve().parents[1],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def read_params(path: str | os.PathLike) -> list[np.ndarray]:
+    """The final parameters a run wrote (`params_<process>.npz`), in leaf order."""
+    with np.load(path) as f:
+        return [f[k] for k in f.files]
 
 
 if __name__ == "__main__":

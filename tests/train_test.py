@@ -1,11 +1,8 @@
 """End-to-end tests of the train loop with the toy method on 8 fake CPU devices."""
 
-import pathlib
 import re
 import signal
 import socket
-import subprocess
-import sys
 import time
 
 import jax
@@ -14,11 +11,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from tests import toy_method
+from tests import toy_method, toy_train
 from vosjax import checkpointing, sharding, train
-
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "tests" / "toy_train.py"
 
 
 def _host_batch(step, config):
@@ -209,53 +203,38 @@ def test_profile_writes_a_trace(tmp_path):
 # Subprocess tests: each process imports JAX and TensorFlow (clu writers), ~20 s each here.
 
 
-def _launch(workdir, *args):
-    return subprocess.Popen(
-        [sys.executable, str(SCRIPT), f"--workdir={workdir}", *args],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-
-
-def _params(path):
-    with np.load(path) as f:
-        return [f[k] for k in f.files]
-
-
 @pytest.fixture(scope="module")
 def reference_run(tmp_path_factory):
     """An uninterrupted 8-step run in one process with 8 devices."""
     workdir = tmp_path_factory.mktemp("reference")
-    proc = _launch(workdir, "--steps=8")
+    proc = toy_train.launch(workdir, "--steps=8")
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0, out
-    return _params(workdir / "params_0.npz")
+    return toy_train.read_params(workdir / "params_0.npz")
 
 
 @pytest.mark.slow
 def test_sigkill_and_resume_is_bitwise_identical(tmp_path, reference_run):
-    killed = _launch(tmp_path, "--steps=8", "--kill_at=5")
+    killed = toy_train.launch(tmp_path, "--steps=8", "--kill_at=5")
     out, _ = killed.communicate(timeout=300)
     assert killed.returncode == -signal.SIGKILL, out
     ckpt = checkpointing.Checkpointer(tmp_path / "checkpoints", handle_sigterm=False)
     saved = ckpt.latest_step()
     ckpt.close()
     assert saved in (2, 4)  # the step-4 write may not have finished before the kill
-    resumed = _launch(tmp_path, "--steps=8")
+    resumed = toy_train.launch(tmp_path, "--steps=8")
     out, _ = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, out
     # The resumed run asked for the batches after the checkpoint, not from 0.
     assert re.findall(r"batch (\d+)", out) == [str(i) for i in range(saved, 8)], out
     assert "done at step 8" in out
-    for a, b in zip(_params(tmp_path / "params_0.npz"), reference_run, strict=True):
+    for a, b in zip(toy_train.read_params(tmp_path / "params_0.npz"), reference_run, strict=True):
         np.testing.assert_array_equal(a, b)
 
 
 @pytest.mark.slow
 def test_sigterm_saves_and_exits_cleanly(tmp_path):
-    proc = _launch(tmp_path, "--steps=500", "--sleep=0.2")
+    proc = toy_train.launch(tmp_path, "--steps=500", "--sleep=0.2")
     lines = []
     for line in proc.stdout:
         lines.append(line)
@@ -277,7 +256,7 @@ def test_two_processes_match_one_process(tmp_path, reference_run):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     procs = [
-        _launch(
+        toy_train.launch(
             tmp_path,
             "--steps=8",
             "--devices=4",
@@ -291,7 +270,7 @@ def test_two_processes_match_one_process(tmp_path, reference_run):
     outs = [p.communicate(timeout=max(deadline - time.time(), 1))[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs
     for i in range(2):
-        params = _params(tmp_path / f"params_{i}.npz")
+        params = toy_train.read_params(tmp_path / f"params_{i}.npz")
         for a, b in zip(params, reference_run, strict=True):
             # Cross-process reductions may sum in another order: equal up to float rounding.
             np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)

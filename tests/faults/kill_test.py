@@ -9,21 +9,17 @@ pruning of an old step (half of its files deleted), and at random times after a 
 """
 
 import json
-import pathlib
 import random
 import signal
-import subprocess
-import sys
 import time
 
 import jax
 import numpy as np
 import pytest
 
+from tests import toy_train
 from vosjax import checkpointing
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
-SCRIPT = ROOT / "tests" / "toy_train.py"
 SEED = 31
 STEPS = 40
 RUN = ("--devices=2", "--checkpoint_every=1", "--keep=2", "--no_tensorboard")
@@ -31,18 +27,7 @@ KILLS = ("in_write", "in_prune", "before_batch") + ("random",) * 5
 
 
 def _launch(workdir, *args):
-    return subprocess.Popen(
-        [sys.executable, str(SCRIPT), f"--workdir={workdir}", f"--steps={STEPS}", *RUN, *args],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-
-
-def _params(path):
-    with np.load(path) as f:
-        return [f[k] for k in f.files]
+    return toy_train.launch(workdir, f"--steps={STEPS}", *RUN, *args)
 
 
 def _assert_bitwise_equal(params, reference):
@@ -57,7 +42,7 @@ def reference(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("reference")
     out, _ = (proc := _launch(workdir, f"--checkpoint_every={STEPS}")).communicate(timeout=300)
     assert proc.returncode == 0, out
-    return _params(workdir / "params_0.npz")
+    return toy_train.read_params(workdir / "params_0.npz")
 
 
 def _newest_intact(directory):
@@ -154,6 +139,6 @@ def test_killed_at_random_moments_then_damaged_resumes_bitwise_equal(tmp_path, r
     assert sorted(p.name for p in damaged.iterdir()) == [str(newest), f"{newest}.txt"]
     moved_file = damaged / str(newest) / array_file.relative_to(directory / str(newest))
     assert moved_file.stat().st_size == size // 2  # moved as it was, not deleted
-    _assert_bitwise_equal(_params(tmp_path / "params_0.npz"), reference)
+    _assert_bitwise_equal(toy_train.read_params(tmp_path / "params_0.npz"), reference)
     # The temporary folders of killed writes were replaced when their steps were saved again.
     assert not list(directory.glob("*.orbax-checkpoint-tmp*"))

@@ -14,10 +14,10 @@ import numpy as np
 import psutil
 import pytest
 
+from tests import toy_train
 from vosjax import checkpointing, workdir_lock
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-SCRIPT = ROOT / "tests" / "toy_train.py"
 
 
 def _write_lock(workdir: pathlib.Path, **record) -> pathlib.Path:
@@ -154,25 +154,15 @@ def test_a_stale_lock_is_replaced_once(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == [workdir_lock.LOCK_NAME]
 
 
-def _launch(workdir, *args):
-    return subprocess.Popen(
-        [sys.executable, str(SCRIPT), f"--workdir={workdir}", *args],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-
-
 @pytest.mark.slow
 def test_second_run_is_refused_and_the_first_keeps_its_checkpoints(tmp_path):
-    first = _launch(tmp_path, "--steps=10", "--sleep=0.4")
+    first = toy_train.launch(tmp_path, "--steps=10", "--sleep=0.4")
     lines = []
     for line in first.stdout:
         lines.append(line)
         if line.startswith("batch 1"):  # training, its checkpointer made
             break
-    second = _launch(tmp_path, "--steps=10")
+    second = toy_train.launch(tmp_path, "--steps=10")
     out_second, _ = second.communicate(timeout=300)
     out_first = "".join(lines) + first.communicate(timeout=300)[0]
     assert second.returncode == 1, out_second
