@@ -26,6 +26,7 @@ import sys
 import tempfile
 from collections.abc import Sequence
 
+import jax
 import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -231,6 +232,10 @@ def evaluation_lock(workdir: str, eval_dir: str | None) -> contextlib.AbstractCo
 
 def train_workdir(config: ml_collections.ConfigDict, workdir: str, method: train.Method) -> bool:
     """Trains in `workdir` (resuming it); True when SIGTERM stopped the run (checkpoint saved)."""
+    if jax.process_count() == 1:  # (multi-host: the lock's failure to write is told to all)
+        check_writable(
+            workdir, "training writes its checkpoints and summaries there: choose another --workdir"
+        )
     # Lock, then check the record: before data pipelines are built or anything restored.
     with workdir_lock.hold(workdir):
         trainer = train.Trainer(config, method)

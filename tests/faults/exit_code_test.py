@@ -61,3 +61,11 @@ def test_evaluating_an_unwritable_workdir_exits_1_naming_eval_dir(tmp_path):
     assert process.returncode == 1, err[-3000:]
     assert "Traceback" not in err
     assert "/sys/kernel: cannot write there" in err and "pass --eval_dir=E" in err
+
+
+def test_training_in_an_unwritable_workdir_exits_1_naming_workdir(tmp_path):
+    process = _main(tmp_path, "--workdir=/sys/kernel/vosjax_run", stderr=subprocess.PIPE)
+    _, err = process.communicate(timeout=300)
+    assert process.returncode == 1, err[-2000:]
+    assert "/sys/kernel/vosjax_run: cannot write there" in err and "another --workdir" in err
+    assert "Traceback" not in err
