@@ -40,3 +40,14 @@ def test_shard_batch_splits_over_8_devices():
     assert [s.data.shape for s in shards] == [(2, 3)] * 8
     np.testing.assert_array_equal(np.asarray(shards[3].data), local["x"][6:8])
     np.testing.assert_array_equal(np.asarray(x), local["x"])
+
+
+def test_text_collectives_return_the_text_cut_to_its_byte_budget():
+    # One process here: broadcast and all-gather give back this process's own text, unpadded.
+    assert sharding.broadcast_text("step 6: the data file is missing", 64) == (
+        "step 6: the data file is missing"
+    )
+    assert sharding.allgather_text("", 16) == [""]
+    assert sharding.allgather_text("abcdef", 4) == ["abcd"]
+    # A character cut in the middle of its UTF-8 bytes becomes the replacement character.
+    assert sharding.broadcast_text("ab\u00e9", 3) == "ab\ufffd"

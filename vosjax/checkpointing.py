@@ -66,7 +66,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 from jax.experimental import multihost_utils
 
-from vosjax import checkpoint_damage
+from vosjax import checkpoint_damage, sharding
 
 
 class DamagedCheckpointError(ValueError):
@@ -354,13 +354,8 @@ class Checkpointer:
         problem = self._local_problem(step, data)
         if jax.process_count() == 1:
             return problem
-        size = 4 * checkpoint_damage.MAX_REASON_CHARS  # bytes of UTF-8 per process
-        local = (problem or "").encode()[:size].ljust(size, b"\0")
-        gathered = multihost_utils.process_allgather(np.frombuffer(local, np.uint8))
-        reasons = [
-            bytes(row).rstrip(b"\0").decode(errors="replace")
-            for row in np.asarray(gathered).reshape(jax.process_count(), size)
-        ]
+        # At most 4 bytes of UTF-8 a character.
+        reasons = sharding.allgather_text(problem or "", 4 * checkpoint_damage.MAX_REASON_CHARS)
         failing = [f"process {i}: {reason}" for i, reason in enumerate(reasons) if reason]
         return "; ".join(failing) if failing else None
 

@@ -15,6 +15,7 @@ import jax
 import ml_collections
 import numpy as np
 from absl import logging
+from jax.experimental import multihost_utils
 
 DATA_AXIS = "data"
 
@@ -150,3 +151,24 @@ def shard_batch(batch: Any, mesh: jax.sharding.Mesh) -> Any:
         return jax.make_array_from_process_local_data(sharding, x, global_shape)
 
     return jax.tree.map(to_global, batch)
+
+
+def _text_row(text: str, max_bytes: int) -> np.ndarray:
+    """`text` as UTF-8 cut to `max_bytes` and zero-padded: one shape on every process."""
+    return np.frombuffer(text.encode()[:max_bytes].ljust(max_bytes, b"\0"), np.uint8)
+
+
+def _row_text(row: Any) -> str:
+    return bytes(np.asarray(row, np.uint8)).rstrip(b"\0").decode(errors="replace")
+
+
+def broadcast_text(text: str, max_bytes: int) -> str:
+    """Process 0's `text` (at most `max_bytes` of UTF-8) on every process; every process calls."""
+    return _row_text(multihost_utils.broadcast_one_to_all(_text_row(text, max_bytes)))
+
+
+def allgather_text(text: str, max_bytes: int) -> list[str]:
+    """Every process's `text` (at most `max_bytes` of UTF-8 each), in process order; every
+    process calls."""
+    rows = np.asarray(multihost_utils.process_allgather(_text_row(text, max_bytes)))
+    return [_row_text(row) for row in rows.reshape(jax.process_count(), max_bytes)]

@@ -239,18 +239,6 @@ def release(workdir: str | pathlib.Path) -> None:
     path.unlink(missing_ok=True)
 
 
-def _broadcast_text(text: str) -> str:
-    """Process 0's `text` on every process."""
-    import numpy as np
-    from jax.experimental import multihost_utils
-
-    buffer = np.zeros(_MAX_MESSAGE_BYTES, np.uint8)
-    data = text.encode()[:_MAX_MESSAGE_BYTES]
-    buffer[: len(data)] = np.frombuffer(data, np.uint8)
-    received = np.asarray(multihost_utils.broadcast_one_to_all(buffer))
-    return bytes(received[received != 0].tolist()).decode(errors="replace")
-
-
 @contextlib.contextmanager
 def hold(workdir: str | pathlib.Path, advice: str = "") -> Iterator[None]:
     """Holds `workdir`'s lock for the `with` block (process 0; decided for every process).
@@ -273,7 +261,9 @@ def hold(workdir: str | pathlib.Path, advice: str = "") -> Iterator[None]:
                 raise
             error = str(e)
     if multi:
-        error = _broadcast_text(error)
+        from vosjax import sharding
+
+        error = sharding.broadcast_text(error, _MAX_MESSAGE_BYTES)
         if error:
             raise WorkdirLockedError(error if owner else f"process 0 refused to start: {error}")
     try:
