@@ -77,7 +77,7 @@ def checkpoint_steps(workdir: str | pathlib.Path) -> list[int]:
     directory = pathlib.Path(workdir) / "checkpoints"
     if not directory.is_dir():
         return []
-    return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit())
+    return sorted(int(p.name) for p in directory.iterdir() if p.is_dir() and p.name.isdigit())
 
 
 def _path_name(path: tuple[Any, ...]) -> str:

@@ -45,7 +45,7 @@ import tqdm
 from absl import app, flags
 
 from configs.propagation import lab_pixels
-from vosjax import evaluate
+from vosjax import evaluate, run_record
 from vosjax import main as main_lib
 from vosjax.data import image_io, overlay_video, user_video
 from vosjax.ops import propagation
@@ -99,14 +99,6 @@ def later_objects_limitation(config: ml_collections.ConfigDict) -> str | None:
     return None
 
 
-def checkpoint_steps(workdir: pathlib.Path) -> list[int]:
-    """The saved steps of a run, read from its folder names (orbax writes `<step>/`)."""
-    folder = workdir / "checkpoints"
-    if not folder.is_dir():
-        return []
-    return sorted(int(p.name) for p in folder.iterdir() if p.is_dir() and p.name.isdigit())
-
-
 def check_model_flags(
     config: ml_collections.ConfigDict | None, workdir: str | None, step: int | None
 ) -> None:
@@ -126,7 +118,7 @@ def check_model_flags(
             f"--config: config.method={config.get('method')!r}; expected one of "
             f"{main_lib.METHODS} (a training config; the raw-pixel baseline needs no --config)"
         )
-    steps = checkpoint_steps(pathlib.Path(workdir))
+    steps = run_record.checkpoint_steps(workdir)
     if not steps or (step is not None and step not in steps):
         wanted = "no checkpoint" if step is None else f"no checkpoint of step {step}"
         raise InputError(
