@@ -173,6 +173,7 @@ def test_maskvos_configs_hold_the_paper_and_code_settings():
 
 def test_evaluation_checks_its_folders_and_the_lock_before_any_work(monkeypatch, tmp_path):
     from vosjax import main, train, workdir_lock
+    from vosjax.data import image_io
 
     def no_work(*args, **kwargs):
         raise AssertionError("the evaluation started")
@@ -190,7 +191,7 @@ def test_evaluation_checks_its_folders_and_the_lock_before_any_work(monkeypatch,
         raise OSError(30, "Read-only file system")
 
     with monkeypatch.context() as patch:
-        patch.setattr(main.tempfile, "NamedTemporaryFile", read_only)
+        patch.setattr(image_io.tempfile, "mkstemp", read_only)
         with pytest.raises(main.UnwritableError, match="Read-only file system.*--eval_dir=E"):
             main.evaluate_workdir(None, str(tmp_path), None, None, None)
     # Beside a training run (this process holds the lock as another would): refused without

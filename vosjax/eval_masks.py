@@ -17,10 +17,8 @@ overwritten, never reused.
 
 from __future__ import annotations
 
-import os
 import pathlib
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 
@@ -66,10 +64,7 @@ def output_folder(
         raise image_io.DataError(f"{results_dir}: results folder not found")
     folder = results_dir if output_dir is None else pathlib.Path(output_dir)
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        handle, probe = tempfile.mkstemp(prefix=".eval_masks-write-check-", dir=folder)
-        os.close(handle)
-        os.unlink(probe)
+        image_io.make_writable_folder(folder)
     except OSError as e:
         reason = e.strerror or str(e)
         if output_dir is None:

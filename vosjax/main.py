@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import pathlib
 import sys
-import tempfile
 from collections.abc import Sequence
 
 import jax
@@ -32,6 +31,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from vosjax import run_record, sharding, train, workdir_lock
+from vosjax.data import image_io
 
 # EX_TEMPFAIL (sysexits.h): stopped by SIGTERM with its checkpoint saved, to be resumed.
 PREEMPTED_EXIT_CODE = 75
@@ -200,11 +200,8 @@ def check_writable(folder: str | pathlib.Path, advice: str) -> None:
     Raises:
       UnwritableError: `folder` cannot be written.
     """
-    folder = pathlib.Path(folder)
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".vosjax_write_test_"):
-            pass
+        image_io.make_writable_folder(folder)
     except OSError as e:
         raise UnwritableError(f"{folder}: cannot write there ({e.strerror or e}); {advice}") from e
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import tempfile
 
 import numpy as np
 from PIL import Image
@@ -175,6 +176,23 @@ def write_mask(path: PathLike, mask: np.ndarray) -> None:
     image = Image.fromarray(mask.astype(np.uint8), mode="P")
     image.putpalette(_PALETTE.ravel().tolist())
     image.save(path)
+
+
+def make_writable_folder(folder: PathLike) -> pathlib.Path:
+    """`folder`, created if missing, once a file has been created (and removed) in it.
+
+    A real write, not the permission bits: they do not stop root, while a read-only mount or an
+    immutable folder does.
+
+    Raises:
+      OSError: the folder cannot be created or written.
+    """
+    folder = pathlib.Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    handle, probe = tempfile.mkstemp(prefix=".vosjax_write_check_", dir=folder)
+    os.close(handle)
+    os.unlink(probe)
+    return folder
 
 
 def overlay(frame: np.ndarray, mask: np.ndarray, alpha: float = 0.5) -> np.ndarray:
